@@ -1,0 +1,11 @@
+"""Data sources: built-in phantoms, generic HDF5 files and fastMRI volumes.
+
+Each source has ``.split(name)`` (``"train"``, ``"val"``, ``"test"``) returning a dataset
+of dict items (``"x"``: images ``(C, H, W)``, ``"y"``: measurements) and attributes
+``img_size``, ``channels``, ``has_images`` and ``has_measurements``.
+"""
+from .base import SPLITS, DataSource, TensorDictDataset, check_split_name, default_cache_dir
+from .phantoms import PhantomData, random_ellipse_phantoms
+
+__all__ = ["SPLITS", "DataSource", "TensorDictDataset", "check_split_name", "default_cache_dir",
+           "PhantomData", "random_ellipse_phantoms"]
