@@ -5,7 +5,9 @@ of dict items (``"x"``: images ``(C, H, W)``, ``"y"``: measurements) and attribu
 ``img_size``, ``channels``, ``has_images`` and ``has_measurements``.
 """
 from .base import SPLITS, DataSource, TensorDictDataset, check_split_name, default_cache_dir
+from .hdf5 import HDF5Data
 from .phantoms import PhantomData, random_ellipse_phantoms
+from .preprocess import area_resize, center_crop, normalize
 
 __all__ = ["SPLITS", "DataSource", "TensorDictDataset", "check_split_name", "default_cache_dir",
-           "PhantomData", "random_ellipse_phantoms"]
+           "PhantomData", "random_ellipse_phantoms", "HDF5Data", "area_resize", "center_crop", "normalize"]
