@@ -1,0 +1,93 @@
+"""Build the DEQ reconstructor from the composed config.
+
+Config nodes used (see ``configs/{map,solver,grad}/``):
+
+* ``cfg.map``: a ``_partial_: true`` node of a map class; called with
+  ``denoiser=..., physics=...``.
+* ``cfg.solver.forward`` / ``.backward`` / ``.eval``: ``_partial_: true`` nodes of a
+  solve function (``fixed_point_solve``, ``anderson_solve``).
+* ``cfg.grad``: a :class:`GradientSettings` node (``mode``, ``unroll_steps``, ``warm_start``).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from eqdeq_cli.physics.base import LinearPhysics
+
+from .layer import DEQ, GRAD_MODES
+
+
+@dataclass(frozen=True)
+class GradientSettings:
+    """How training differentiates the DEQ.
+
+    Args:
+        mode: ``implicit``, ``jfb`` or ``unrolled``.
+        unroll_steps: tracked iterations of the unrolled mode.
+        warm_start: reuse the previous solution as the starting point (see :class:`DEQ`).
+    """
+
+    mode: str = "implicit"
+    unroll_steps: int = 10
+    warm_start: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in GRAD_MODES:
+            raise ValueError(f"grad.mode must be one of {', '.join(GRAD_MODES)}; got {self.mode!r}")
+
+
+def check_solver(solver: Callable[..., Any], name: str) -> None:
+    """Fail early, with the config key in the message, on a mistyped or invalid solver option.
+
+    Binds the partial's options to the function's signature (unknown key → ``TypeError``)
+    and runs the solver once on a tiny contraction (invalid value → ``ValueError``).
+    """
+    if isinstance(solver, functools.partial):
+        try:
+            inspect.signature(solver.func).bind_partial(*solver.args, **solver.keywords)
+        except TypeError as err:
+            raise TypeError(f"solver.{name}: {err}") from None
+    try:
+        solver(lambda z: 0.5 * z + 1.0, torch.zeros(1, 2))
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"solver.{name}: {err}") from None
+
+
+def build_reconstructor(cfg: DictConfig, physics: LinearPhysics, denoiser: nn.Module) -> DEQ:
+    """``DEQ`` from ``cfg.map``, ``cfg.solver.{forward,backward,eval}`` and ``cfg.grad``."""
+    for key in ("map", "solver", "grad"):
+        if key not in cfg:
+            raise KeyError(f"config has no '{key}' node; expected map, solver and grad")
+    missing = [k for k in ("forward", "backward", "eval") if k not in cfg.solver]
+    if missing:
+        raise KeyError(f"solver config lacks {', '.join(missing)}; it needs forward, backward and eval")
+    extra = sorted(set(cfg.solver.keys()) - {"forward", "backward", "eval"})
+    if extra:
+        raise KeyError(f"unknown solver config keys {extra}; valid: forward, backward, eval")
+
+    make_map = instantiate(cfg.map)
+    fmap = make_map(denoiser=denoiser, physics=physics)
+    solvers = {}
+    for name in ("forward", "backward", "eval"):
+        solvers[name] = instantiate(cfg.solver[name])
+        check_solver(solvers[name], name)
+
+    grad_cfg = cfg.grad
+    if "_target_" in grad_cfg:
+        grad = instantiate(grad_cfg)
+    else:
+        grad = GradientSettings(**OmegaConf.to_container(grad_cfg, resolve=True))  # type: ignore[arg-type]
+    if not isinstance(grad, GradientSettings):
+        raise TypeError(f"cfg.grad must build a GradientSettings, got {type(grad).__name__}")
+
+    return DEQ(fmap, grad=grad.mode, forward_solver=solvers["forward"],
+               backward_solver=solvers["backward"], eval_solver=solvers["eval"],
+               unroll_steps=grad.unroll_steps, warm_start=grad.warm_start)

@@ -1,0 +1,137 @@
+r"""Fixed-point maps ``T_θ(z; y)`` whose fixed points are the reconstructions.
+
+A map is used in two steps: ``ctx = fmap.prepare(y)`` once per solve (it holds ``y``
+and ``Aᵀy``, computed with autograd on so gradients reach ``y``), then
+``fmap(z, ctx)`` at every iteration. ``fmap.init(y)`` is the starting point
+``A†y``. Images are ``(B, C, H, W)``; measurements are whatever the physics uses.
+
+The step ``γ > 0`` is stored as ``log γ`` (a parameter when ``learn_step``, else a
+buffer) and initialised to ``step_init`` or ``1/‖A‖²``, the largest step for which
+``z ↦ z − γAᵀ(Az − y)`` is non-expansive.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from eqdeq_cli.physics.base import LinearPhysics, conjugate_gradient
+
+
+@dataclass
+class MapContext:
+    """Per-solve quantities of a map: the measurements ``y`` and ``Aᵀy``."""
+
+    y: torch.Tensor
+    Aty: torch.Tensor
+
+
+class _StepMap(nn.Module):
+    """Shared parts: the denoiser, the physics, the positive step ``γ``."""
+
+    def __init__(self, denoiser: nn.Module, physics: LinearPhysics, step_init: float | None,
+                 learn_step: bool) -> None:
+        super().__init__()
+        if not isinstance(denoiser, nn.Module):
+            raise TypeError(f"denoiser must be an nn.Module, got {type(denoiser).__name__}")
+        if not isinstance(physics, LinearPhysics):
+            raise TypeError(f"physics must be a LinearPhysics, got {type(physics).__name__}")
+        if step_init is None:
+            norm = physics.norm()
+            if not (norm > 0 and math.isfinite(norm)):
+                raise ValueError(f"cannot initialise the step from ‖A‖ = {norm}; pass step_init > 0")
+            step_init = 1.0 / norm**2
+        if isinstance(step_init, bool) or not isinstance(step_init, (int, float)) \
+                or not (step_init > 0 and math.isfinite(step_init)):
+            raise ValueError(f"step_init must be a positive finite number or null, got {step_init!r}")
+        self.denoiser = denoiser
+        self.physics = physics
+        log_step = torch.tensor(math.log(float(step_init)))
+        if learn_step:
+            self.log_step = nn.Parameter(log_step)
+        else:
+            self.register_buffer("log_step", log_step)
+
+    @property
+    def step(self) -> torch.Tensor:
+        """The step ``γ = exp(log γ)`` (a 0-d tensor, always positive)."""
+        return self.log_step.exp()
+
+    def prepare(self, y: torch.Tensor) -> MapContext:
+        """Quantities computed once per solve: ``y`` and ``Aᵀy``."""
+        self.physics.check_measurement(y)
+        return MapContext(y=y, Aty=self.physics.A_adjoint(y))
+
+    def init(self, y: torch.Tensor) -> torch.Tensor:
+        """Starting point ``z₀ = A†y`` (FBP, zero-filled inverse FFT, masked image, ...)."""
+        return self.physics.A_dagger(y)
+
+
+class ProxGradMap(_StepMap):
+    r"""Proximal-gradient map ``T(z; y) = D_θ(z − γ (AᵀA z − Aᵀy))``.
+
+    Args:
+        denoiser: ``(B, C, H, W) -> (B, C, H, W)`` module ``D_θ``.
+        physics: the operator ``A``.
+        step_init: initial ``γ``; ``None`` uses ``1/‖A‖²`` (``physics.norm()``).
+        learn_step: whether ``γ`` is trained.
+
+    Example:
+        >>> from eqdeq_cli.physics import DenseMatrixPhysics
+        >>> p = DenseMatrixPhysics(torch.eye(16), img_shape=(1, 4, 4))
+        >>> T = ProxGradMap(nn.Identity(), p)
+        >>> y = torch.ones(2, 16); ctx = T.prepare(y)
+        >>> torch.allclose(T(T.init(y), ctx), T.init(y))
+        True
+    """
+
+    def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
+                 learn_step: bool = True) -> None:
+        super().__init__(denoiser, physics, step_init, learn_step)
+
+    def forward(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+        gamma = self.step.to(z.dtype)
+        return self.denoiser(z - gamma * (self.physics.AtA(z) - ctx.Aty))
+
+
+class HQSMap(_StepMap):
+    r"""Half-quadratic-splitting map ``T(z; y) = D_θ(prox_{γf}(z))`` with
+    ``f(x) = ½‖Ax − y‖²``, i.e. ``prox_{γf}(z) = (AᵀA + I/γ)⁻¹(Aᵀy + z/γ)``.
+
+    Operators with a closed-form proximal map (MRI, inpainting) override
+    ``physics.prox_data`` and that is used; otherwise the system is solved here by
+    ``cg_iters`` conjugate-gradient steps started at ``z``, reusing the ``Aᵀy`` of the
+    context (computed once per solve). CG is differentiated by autograd.
+
+    Args:
+        denoiser: ``(B, C, H, W) -> (B, C, H, W)`` module ``D_θ``.
+        physics: the operator ``A``.
+        step_init: initial ``γ``; ``None`` uses ``1/‖A‖²``.
+        learn_step: whether ``γ`` is trained.
+        cg_iters: conjugate-gradient steps per application (when no closed form exists).
+        cg_tol: relative residual at which CG stops early.
+    """
+
+    def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
+                 learn_step: bool = True, cg_iters: int = 10, cg_tol: float = 1e-6) -> None:
+        super().__init__(denoiser, physics, step_init, learn_step)
+        if isinstance(cg_iters, bool) or not isinstance(cg_iters, int) or cg_iters < 1:
+            raise ValueError(f"cg_iters must be an integer >= 1, got {cg_iters!r}")
+        if isinstance(cg_tol, bool) or not isinstance(cg_tol, (int, float)) or not cg_tol >= 0:
+            raise ValueError(f"cg_tol must be a number >= 0, got {cg_tol!r}")
+        self.cg_iters = cg_iters
+        self.cg_tol = float(cg_tol)
+        self.closed_form_prox = type(physics).prox_data is not LinearPhysics.prox_data
+
+    def prox(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+        """``prox_{γf}(z) = argmin_x ½‖Ax − y‖² + 1/(2γ)‖x − z‖²``."""
+        gamma = self.step.to(z.dtype)
+        if self.closed_form_prox:
+            return self.physics.prox_data(z, ctx.y, gamma)
+        return conjugate_gradient(lambda v: self.physics.AtA(v) + v / gamma, ctx.Aty + z / gamma,
+                                  x0=z, n_iter=self.cg_iters, tol=self.cg_tol)
+
+    def forward(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+        return self.denoiser(self.prox(z, ctx))
