@@ -5,9 +5,10 @@ of dict items (``"x"``: images ``(C, H, W)``, ``"y"``: measurements) and attribu
 ``img_size``, ``channels``, ``has_images`` and ``has_measurements``.
 """
 from .base import SPLITS, DataSource, TensorDictDataset, check_split_name, default_cache_dir
+from .fastmri import FastMRIData, ifft2c
 from .hdf5 import HDF5Data
 from .phantoms import PhantomData, random_ellipse_phantoms
 from .preprocess import area_resize, center_crop, normalize
 
 __all__ = ["SPLITS", "DataSource", "TensorDictDataset", "check_split_name", "default_cache_dir",
-           "PhantomData", "random_ellipse_phantoms", "HDF5Data", "area_resize", "center_crop", "normalize"]
+           "PhantomData", "random_ellipse_phantoms", "HDF5Data", "FastMRIData", "ifft2c", "area_resize", "center_crop", "normalize"]
