@@ -1,0 +1,205 @@
+"""Fixed-point solvers: fixed points, speed of Anderson, statistics, failure reporting, options."""
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from eqdeq_cli.deq.solvers import SolverStats, anderson_solve, fixed_point_solve
+
+SOLVERS = [fixed_point_solve, anderson_solve]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def affine_problem(d: int = 40, batch: int = 3, shape: tuple[int, ...] = (), seed: int = 0):
+    """``f(z) = W z + b`` with symmetric ``W`` of spectrum spread over [-0.9, 0.9] (‖W‖ = 0.9)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=g))
+    W = q @ torch.diag(torch.linspace(-0.9, 0.9, d, dtype=torch.float64)) @ q.T
+    b = torch.randn(batch, d, dtype=torch.float64, generator=g)
+    z_star = torch.linalg.solve(torch.eye(d, dtype=torch.float64) - W, b.T).T
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return (z.reshape(batch, d) @ W.T + b).reshape(z.shape)
+
+    z0 = torch.zeros((batch, d), dtype=torch.float64).reshape((batch,) + (shape or (d,)))
+    return f, z0, z_star.reshape(z0.shape)
+
+
+def relative_residual(f, z: torch.Tensor) -> torch.Tensor:
+    fz = f(z)
+    b = z.shape[0]
+    return (fz - z).reshape(b, -1).norm(dim=1) / fz.reshape(b, -1).norm(dim=1)
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_reaches_the_fixed_point_of_a_contraction(solve):
+    # Images (B, C, H, W) work as well as vectors: the solver is batched over dim 0 only.
+    f, z0, z_star = affine_problem(d=36, shape=(1, 6, 6))
+    z, stats = solve(f, z0, max_iter=1000, tol=1e-11)
+    assert stats.converged.all()
+    assert z.shape == z0.shape
+    assert (z - z_star).norm() / z_star.norm() < 1e-9
+
+
+def test_solvers_agree_and_anderson_needs_fewer_iterations():
+    f, z0, _ = affine_problem()
+    z_fp, s_fp = fixed_point_solve(f, z0, max_iter=1000, tol=1e-10)
+    z_aa, s_aa = anderson_solve(f, z0, max_iter=1000, tol=1e-10)
+    assert s_fp.converged.all() and s_aa.converged.all()
+    assert (z_fp - z_aa).norm() / z_fp.norm() < 1e-8
+    # Plain iteration contracts by 0.9 per step (~200 steps); Anderson is far faster.
+    assert s_aa.iterations * 2 <= s_fp.iterations
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_stats_describe_the_returned_iterate(solve):
+    # Per-sample contraction rates: sample 0 converges fast, sample 1 slowly.
+    c = torch.tensor([0.1, 0.97], dtype=torch.float64).view(2, 1)
+    b = torch.ones(2, 5, dtype=torch.float64)
+
+    def f(z):
+        return c * z + b
+
+    z, stats = solve(f, torch.zeros(2, 5, dtype=torch.float64), max_iter=6, tol=1e-4, **(
+        {"m": 1} if solve is anderson_solve else {}))
+    assert isinstance(stats, SolverStats)
+    assert stats.iterations == 6 == len(stats.history)
+    assert stats.residual.shape == (2,) and stats.converged.dtype == torch.bool
+    assert stats.converged.tolist() == [True, False]
+    assert not stats.nonfinite
+    torch.testing.assert_close(stats.residual, relative_residual(f, z), rtol=1e-12, atol=0)
+    # History holds the largest residual per evaluation; the first is at z0 = 0: ‖b‖/‖b‖ = 1.
+    assert stats.history[0] == pytest.approx(1.0)
+    assert stats.history[-1] == pytest.approx(float(stats.residual.max()))
+
+
+def test_stops_as_soon_as_every_sample_converged():
+    # For this symmetric contraction the plain-iteration residual decreases monotonically,
+    # so the solve must stop at the first evaluation where the worst sample reaches tol.
+    f, z0, _ = affine_problem()
+    _, stats = fixed_point_solve(f, z0, max_iter=1000, tol=1e-6)
+    assert stats.converged.all()
+    assert stats.history[-1] <= 1e-6 < min(stats.history[:-1])
+    assert stats.iterations == len(stats.history) < 1000
+    _, stats = anderson_solve(f, z0, max_iter=1000, tol=1e-6)
+    assert stats.converged.all() and stats.iterations < 1000
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_zero_tolerance_runs_exactly_max_iter(solve):
+    f, z0, _ = affine_problem()
+    _, stats = solve(f, z0, max_iter=17, tol=0.0)
+    assert stats.iterations == 17
+    assert not stats.converged.any()
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_diverging_map_is_reported_not_propagated(solve):
+    def f(z):
+        return 1e30 * z + 1.0  # overflows float32 to inf within a few iterations
+
+    z, stats = solve(f, torch.zeros(2, 4), max_iter=50, tol=1e-4)
+    assert stats.nonfinite
+    assert stats.iterations < 50
+    assert not math.isfinite(stats.history[-1])
+    assert not stats.converged.any()
+    assert torch.isfinite(z).all()  # the best finite iterate comes back
+
+
+def test_nan_in_one_sample_is_reported():
+    def f(z):
+        out = 0.5 * z + 1.0
+        out[1] = float("nan")
+        return out
+
+    z, stats = anderson_solve(f, torch.zeros(3, 4), max_iter=20, tol=1e-6)
+    assert stats.nonfinite and stats.iterations == 1
+    assert torch.isfinite(z).all()
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_float32_input_gives_float32_output(solve):
+    f, z0, z_star = affine_problem()
+    W_f = lambda z: f(z.double()).float()  # noqa: E731
+    z, stats = solve(W_f, z0.float(), max_iter=300, tol=1e-5)
+    assert z.dtype == torch.float32
+    assert stats.converged.all()
+    assert (z.double() - z_star).norm() / z_star.norm() < 1e-4
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_unknown_option_raises_type_error(solve):
+    f, z0, _ = affine_problem()
+    with pytest.raises(TypeError, match="max_iters"):
+        solve(f, z0, max_iters=10)
+
+
+@pytest.mark.parametrize("option, value, name", [
+    ({"max_iter": 0}, 0, "max_iter"),
+    ({"max_iter": 2.5}, 2.5, "max_iter"),
+    ({"tol": -1e-3}, -1e-3, "tol"),
+    ({"tol": "1e-3"}, "1e-3", "tol"),  # what YAML 1.1 makes of an undotted exponent
+    ({"m": 0}, 0, "m"),
+    ({"lam": 0.0}, 0.0, "lam"),
+    ({"beta": 1.5}, 1.5, "beta"),
+])
+def test_invalid_anderson_values_name_the_option(option, value, name):
+    f, z0, _ = affine_problem()
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        anderson_solve(f, z0, **option)
+
+
+def test_invalid_damping_names_the_option():
+    f, z0, _ = affine_problem()
+    with pytest.raises(ValueError, match="damping"):
+        fixed_point_solve(f, z0, damping=0.0)
+
+
+def test_damping_converges_where_plain_iteration_oscillates():
+    # f(z) = -1.2 z + 1 is expansive; damping 0.5 gives z ↦ -0.1 z + 0.5 (a contraction).
+    def f(z):
+        return -1.2 * z + 1.0
+
+    z0 = torch.zeros(1, 3, dtype=torch.float64)
+    _, plain = fixed_point_solve(f, z0, max_iter=60, tol=1e-8)
+    z, damped = fixed_point_solve(f, z0, max_iter=60, tol=1e-8, damping=0.5)
+    assert not plain.converged.any()
+    assert damped.converged.all()
+    torch.testing.assert_close(z, torch.full_like(z, 1.0 / 2.2))
+
+
+def test_solvers_do_not_build_a_graph_but_allow_vjps():
+    # The backward solve of the implicit gradient calls torch.autograd.grad inside f.
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    y = 0.5 * torch.tanh(x)
+    g = torch.ones(2, 3, dtype=torch.float64)
+
+    def f(v):
+        (jtv,) = torch.autograd.grad(y, x, v, retain_graph=True)
+        return jtv + g
+
+    v, stats = anderson_solve(f, g, max_iter=100, tol=1e-12)
+    assert stats.converged.all() and not v.requires_grad
+    expected = g / (1 - 0.5 * (1 - torch.tanh(x.detach()) ** 2))
+    torch.testing.assert_close(v, expected)
+
+
+@pytest.mark.parametrize("name, func", [("anderson", anderson_solve), ("fixed_point", fixed_point_solve)])
+def test_solver_configs_instantiate(name, func):
+    cfg = OmegaConf.load(CONFIGS / "solver" / f"{name}.yaml")
+    assert set(cfg.keys()) == {"forward", "backward", "eval"}
+    f, z0, z_star = affine_problem()
+    for key in ("forward", "backward", "eval"):
+        solver = instantiate(cfg[key])
+        assert isinstance(solver, functools.partial) and solver.func is func
+        assert isinstance(solver.keywords["tol"], float) and isinstance(solver.keywords["max_iter"], int)
+        _, stats = solver(f, z0)
+        assert stats.iterations <= solver.keywords["max_iter"]
+    assert cfg.forward.max_iter == 20 and cfg.forward.tol == 1e-3
+    assert cfg.eval.max_iter == 50 and cfg.eval.tol == 1e-4
