@@ -1,0 +1,433 @@
+"""Tabulate the results of a sweep: ``eqdeq collect DIR``.
+
+A sweep directory (``hydra.sweep.dir`` of ``eqdeq train -m ...``, or the directory of an
+array job from ``scripts/slurm/array_sweep.sbatch``) holds one directory per job, each
+with the run output contract:
+
+* ``.hydra/overrides.yaml`` — the job's command-line overrides (the swept values),
+* ``.hydra/config.yaml`` — the composed config,
+* ``metrics.json`` — the final evaluation (every numeric key is treated as a metric),
+* optionally ``status.json`` — ``{"status": "failed", "error": "..."}`` for a failed job.
+
+Jobs are grouped by the swept override keys (all keys whose value differs between jobs,
+except the seed); within a group every metric is summarised over the seeds by its mean
+and its sample standard deviation
+
+    mean = (1/n) Σ_i m_i,    std = sqrt( Σ_i (m_i − mean)² / (n − 1) ),
+
+with ``std = 0`` in the CSV (and ``–`` in Markdown) when ``n = 1``. A job without a
+readable ``metrics.json`` or with a failure marker is counted under ``failures``; it does
+not stop the collection.
+
+Outputs (``--out PREFIX``, default ``DIR/results``): ``PREFIX.csv`` (one row per group),
+``PREFIX.md`` (the same as a Markdown table, followed by the list of failed jobs) and
+``PREFIX_jobs.csv`` (one row per job).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+#: Metrics listed first, in this order; any other numeric key follows alphabetically.
+PREFERRED_METRICS: tuple[str, ...] = ("psnr", "ssim", "psnr_init", "ssim_init", "iters_mean")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One job of a sweep.
+
+    ``path`` is relative to the sweep directory; ``overrides`` maps each override key
+    (without Hydra's ``+``/``++``/``~`` prefix) to its value as typed on the command line;
+    ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why).
+    """
+
+    path: str
+    overrides: dict[str, str]
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    status: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean and sample standard deviation of one metric over ``n`` jobs (``std`` is None when n = 1)."""
+
+    mean: float
+    std: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    """One row of the results table: the values of the group keys, counts, summaries."""
+
+    values: tuple[str, ...]
+    n: int
+    failures: int
+    summaries: dict[str, Summary]
+
+
+@dataclass
+class SweepTable:
+    """The collected sweep: every job, and the jobs grouped by the swept keys."""
+
+    sweep_dir: Path
+    jobs: list[JobResult]
+    group_keys: list[str]
+    fixed: dict[str, str]
+    metrics: list[str]
+    rows: list[GroupRow] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [j for j in self.jobs if j.status != "ok"]
+
+    def write_csv(self, path: str | Path) -> None:
+        """One row per group: group keys, ``n``, ``failures``, then ``<metric>_mean``, ``<metric>_std``."""
+        header = [*self.group_keys, "n", "failures"]
+        for m in self.metrics:
+            header += [f"{m}_mean", f"{m}_std"]
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for row in self.rows:
+                cells: list[Any] = [*row.values, row.n, row.failures]
+                for m in self.metrics:
+                    s = row.summaries.get(m)
+                    if s is None:
+                        cells += ["", ""]
+                    else:
+                        cells += [repr(s.mean), repr(s.std if s.std is not None else 0.0)]
+                writer.writerow(cells)
+
+    def write_jobs_csv(self, path: str | Path) -> None:
+        """One row per job: path, status, every override key, seed, every metric, error."""
+        keys: list[str] = []
+        for job in self.jobs:
+            keys += [k for k in job.overrides if k not in keys]
+        header = ["job", "status", *keys, *self.metrics, "error"]
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for job in self.jobs:
+                writer.writerow(
+                    [job.path, job.status]
+                    + [job.overrides.get(k, "") for k in keys]
+                    + [repr(job.metrics[m]) if m in job.metrics else "" for m in self.metrics]
+                    + [job.error or ""]
+                )
+
+    def to_markdown(self) -> str:
+        """The table as Markdown: ``mean ± std`` per metric, fixed overrides and failures listed."""
+        lines: list[str] = []
+        if self.fixed:
+            fixed = " ".join(f"`{k}={v}`" for k, v in self.fixed.items())
+            lines += [f"Common overrides: {fixed}", ""]
+        header = [*self.group_keys, "n", "failures", *self.metrics]
+        align = ["---"] * len(self.group_keys) + ["---:"] * (2 + len(self.metrics))
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(align) + "|")
+        for row in self.rows:
+            cells = [*row.values, str(row.n), str(row.failures)]
+            cells += [format_summary(row.summaries.get(m)) for m in self.metrics]
+            lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+        if self.failed:
+            lines += ["", f"Failed jobs ({len(self.failed)}):", ""]
+            for job in self.failed:
+                lines.append(f"- `{job.path}`: {job.error}")
+        return "\n".join(lines) + "\n"
+
+
+def format_summary(s: Summary | None) -> str:
+    """``mean ± std`` with the mean rounded to the second significant digit of the std.
+
+    ``28.3141 ± 0.1234`` → ``"28.31 ± 0.12"``; with one job ``"28.31 ± –"``; no value ``"–"``.
+    """
+    if s is None:
+        return "–"
+    if s.std is None or not math.isfinite(s.std) or not math.isfinite(s.mean):
+        std = "–" if s.std is None else f"{s.std:.4g}"
+        return f"{s.mean:.4g} ± {std}"
+    if s.std == 0.0:
+        return f"{s.mean:.4g} ± 0"
+    decimals = min(6, max(0, 1 - math.floor(math.log10(s.std))))
+    return f"{s.mean:.{decimals}f} ± {s.std:.{decimals}f}"
+
+
+def collect(
+    sweep_dir: str | Path,
+    *,
+    metrics: Sequence[str] | None = None,
+    group_by: Sequence[str] | None = None,
+    seed_key: str = "seed",
+) -> SweepTable:
+    """Read every job under ``sweep_dir`` and group them into a :class:`SweepTable`.
+
+    ``metrics``: the metric names to tabulate (default: every numeric key found).
+    ``group_by``: the keys to group by (default: every override key whose value differs
+    between jobs, except ``seed_key``); a key that is not an override is looked up in the
+    job's config by its dotted path (``physics.views``).
+    Raises ``FileNotFoundError`` when the directory is missing or holds no job, and
+    ``KeyError`` for a metric or group key found in no job.
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sweep directory not found: {root}")
+    jobs = [read_job(d, root) for d in find_job_dirs(root)]
+    if not jobs:
+        raise FileNotFoundError(
+            f"no jobs found under {root}: expected directories holding .hydra/overrides.yaml "
+            "or metrics.json (the hydra.sweep.dir of an `eqdeq train -m ...` run)"
+        )
+
+    found = _ordered_metrics({k for j in jobs for k in j.metrics})
+    if metrics is None:
+        chosen = found
+    else:
+        chosen = list(metrics)
+        unknown = [m for m in chosen if m not in found]
+        if unknown:
+            raise KeyError(f"metric(s) {unknown} not found in any metrics.json; available: {found}")
+
+    override_keys: list[str] = []
+    for job in jobs:
+        override_keys += [k for k in job.overrides if k not in override_keys]
+    varying = [k for k in override_keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    fixed = {
+        k: jobs[0].overrides[k]
+        for k in override_keys
+        if k not in varying and k != seed_key and k in jobs[0].overrides
+    }
+    if group_by is None:
+        keys = [k for k in varying if k != seed_key]
+    else:
+        keys = list(group_by)
+        for k in keys:
+            if not any(_lookup(j, k) is not None for j in jobs):
+                raise KeyError(
+                    f"group key {k!r} is neither an override nor a config key of any job; "
+                    f"overrides found: {override_keys}"
+                )
+        fixed = {k: v for k, v in fixed.items() if k not in keys}
+
+    table = SweepTable(sweep_dir=root, jobs=jobs, group_keys=keys, fixed=fixed, metrics=chosen)
+    groups: dict[tuple[str, ...], list[JobResult]] = {}
+    for job in jobs:
+        value = tuple("" if (v := _lookup(job, k)) is None else v for k in keys)
+        groups.setdefault(value, []).append(job)
+    for value in sorted(groups, key=lambda t: tuple(_natural_key(v) for v in t)):
+        members = groups[value]
+        ok = [j for j in members if j.status == "ok"]
+        summaries = {}
+        for m in chosen:
+            vals = [j.metrics[m] for j in ok if m in j.metrics]
+            if vals:
+                std = statistics.stdev(vals) if len(vals) > 1 else None
+                summaries[m] = Summary(mean=statistics.fmean(vals), std=std, n=len(vals))
+        table.rows.append(
+            GroupRow(values=value, n=len(ok), failures=len(members) - len(ok), summaries=summaries)
+        )
+    return table
+
+
+def find_job_dirs(root: Path) -> list[Path]:
+    """Job directories under ``root`` (``root`` itself included), in natural order.
+
+    A job directory holds ``.hydra/`` or ``metrics.json``; hidden directories (``.submitit``)
+    are skipped and the search does not descend into a job directory.
+    """
+    found: list[Path] = []
+
+    def visit(d: Path) -> None:
+        if (d / ".hydra").is_dir() or (d / "metrics.json").is_file():
+            found.append(d)
+            return
+        for child in sorted(d.iterdir(), key=lambda p: _natural_key(p.name)):
+            if child.is_dir() and not child.name.startswith("."):
+                visit(child)
+
+    visit(root)
+    return found
+
+
+def read_job(job_dir: Path, root: Path) -> JobResult:
+    """Read one job's overrides, config, metrics and failure marker; never raises for a bad job."""
+    rel = job_dir.relative_to(root).as_posix() if job_dir != root else "."
+    errors: list[str] = []
+    overrides: dict[str, str] = {}
+    config: dict[str, Any] = {}
+    ov_file = job_dir / ".hydra" / "overrides.yaml"
+    if ov_file.is_file():
+        try:
+            overrides = parse_overrides(yaml.safe_load(ov_file.read_text()) or [])
+        except (yaml.YAMLError, ValueError) as exc:
+            errors.append(f"unreadable {ov_file.name}: {exc}")
+    cfg_file = job_dir / ".hydra" / "config.yaml"
+    if cfg_file.is_file():
+        try:
+            loaded = yaml.safe_load(cfg_file.read_text())
+            config = loaded if isinstance(loaded, dict) else {}
+        except yaml.YAMLError as exc:
+            errors.append(f"unreadable {cfg_file.name}: {exc}")
+
+    status = "ok"
+    status_file = job_dir / "status.json"
+    if status_file.is_file():
+        try:
+            marker = json.loads(status_file.read_text())
+        except json.JSONDecodeError as exc:
+            marker = {"status": "failed", "error": f"unreadable status.json: {exc}"}
+        if isinstance(marker, dict) and marker.get("status") == "failed":
+            status = "failed"
+            errors.insert(0, str(marker.get("error") or "failed (no error message)"))
+
+    metrics: dict[str, float] = {}
+    metrics_file = job_dir / "metrics.json"
+    if not metrics_file.is_file():
+        if status == "ok":
+            errors.insert(0, "no metrics.json (job incomplete, still running, or killed)")
+        status = "failed"
+    else:
+        try:
+            metrics = flatten_metrics(json.loads(metrics_file.read_text()))
+        except (json.JSONDecodeError, ValueError) as exc:
+            status = "failed"
+            errors.append(f"unreadable metrics.json: {exc}")
+    if status != "ok":
+        log.warning("job %s failed: %s", rel, "; ".join(errors))
+    return JobResult(
+        path=rel,
+        overrides=overrides,
+        config=config,
+        metrics=metrics if status == "ok" else {},
+        status=status,
+        error="; ".join(errors) if status != "ok" else None,
+    )
+
+
+def parse_overrides(items: Sequence[Any]) -> dict[str, str]:
+    """``["grad=jfb", "+debug=smoke"]`` → ``{"grad": "jfb", "debug": "smoke"}``.
+
+    The key loses Hydra's ``+``, ``++`` and ``~`` prefixes; the value is kept as typed.
+    A deletion (``~key``) maps to ``"~"``.
+    """
+    if not isinstance(items, list):
+        raise ValueError(f"expected a list of overrides, got {type(items).__name__}")
+    out: dict[str, str] = {}
+    for item in items:
+        text = str(item)
+        key, sep, value = text.partition("=")
+        if text.startswith("~"):
+            out[key.lstrip("~")] = "~"
+        elif sep:
+            out[key.lstrip("+")] = value
+        else:
+            raise ValueError(f"override {text!r} is not of the form key=value")
+    return out
+
+
+def flatten_metrics(data: Any, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a metrics dict, nested keys joined by dots; booleans and strings skipped."""
+    if not isinstance(data, dict):
+        raise ValueError(f"metrics.json must hold an object, got {type(data).__name__}")
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_metrics(value, prefix=f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def _ordered_metrics(names: set[str]) -> list[str]:
+    first = [m for m in PREFERRED_METRICS if m in names]
+    return first + sorted(names - set(first))
+
+
+def _lookup(job: JobResult, key: str) -> str | None:
+    """The job's value of ``key``: its override, else the dotted path in its config."""
+    if key in job.overrides:
+        return job.overrides[key]
+    node: Any = job.config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, str) else json.dumps(node)
+
+
+def _natural_key(text: str) -> tuple[Any, ...]:
+    """Sort key that orders numbers by value (``2 < 10``, ``1e-4 < 1e-3``) and text alphabetically."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        parts = re.split(r"(\d+)", text)
+        return (1, 0.0, tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts))
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eqdeq collect",
+        description="Tabulate a sweep directory: mean ± std over seeds of every metric, "
+        "grouped by the swept overrides; writes PREFIX.csv, PREFIX.md and PREFIX_jobs.csv.",
+    )
+    parser.add_argument("sweep_dir", metavar="DIR", help="the sweep directory (hydra.sweep.dir)")
+    parser.add_argument("--out", metavar="PREFIX", help="output prefix (default: DIR/results)")
+    parser.add_argument("--metrics", type=_split_list, help="comma-separated metrics (default: all)")
+    parser.add_argument(
+        "--group-by", type=_split_list, help="comma-separated keys (default: the swept keys except the seed)"
+    )
+    parser.add_argument("--seed-key", default="seed", help="the override averaged over (default: seed)")
+    parser.add_argument("--quiet", action="store_true", help="do not print the Markdown table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``eqdeq collect``; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        table = collect(args.sweep_dir, metrics=args.metrics, group_by=args.group_by, seed_key=args.seed_key)
+    except (FileNotFoundError, KeyError, NotADirectoryError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"eqdeq collect: error: {message}", file=sys.stderr)
+        return 1
+    prefix = Path(args.out) if args.out else Path(args.sweep_dir) / "results"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = (Path(f"{prefix}.csv"), Path(f"{prefix}.md"), Path(f"{prefix}_jobs.csv"))
+    table.write_csv(paths[0])
+    markdown = table.to_markdown()
+    paths[1].write_text(markdown)
+    table.write_jobs_csv(paths[2])
+    if not args.quiet:
+        sys.stdout.write(markdown)
+    sys.stderr.write(
+        f"{len(table.jobs)} jobs ({len(table.failed)} failed) -> " + ", ".join(map(str, paths)) + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""The sweep collector: reads fake sweeps laid out exactly as Hydra writes them."""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from eqdeq_cli import collect as collect_mod
+from eqdeq_cli.collect import Summary, collect, format_summary, main
+
+PSNR = {  # (grad, seed) -> psnr
+    ("implicit", 0): 28.10,
+    ("implicit", 1): 28.50,
+    ("implicit", 2): 28.60,
+    ("jfb", 0): 27.00,
+    ("jfb", 1): 27.40,
+    ("jfb", 2): 27.30,
+}
+
+
+def write_job(
+    job_dir: Path,
+    overrides: list[str],
+    metrics: dict | None,
+    status: dict | None = None,
+    config: dict | None = None,
+) -> None:
+    """A job directory in Hydra's layout: .hydra/{overrides,config}.yaml, metrics.json, status.json."""
+    (job_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), job_dir / ".hydra" / "overrides.yaml")
+    cfg = config or {"seed": 0, "physics": {"_target_": "eqdeq_cli.physics.CTRadon", "views": 30}}
+    OmegaConf.save(OmegaConf.create(cfg), job_dir / ".hydra" / "config.yaml")
+    if metrics is not None:
+        (job_dir / "metrics.json").write_text(json.dumps(metrics))
+    if status is not None:
+        (job_dir / "status.json").write_text(json.dumps(status))
+
+
+def make_sweep(root: Path, *, fail_jfb_seed2: bool = False) -> Path:
+    """`eqdeq train -m +debug=smoke grad=implicit,jfb seed=0,1,2` with numbered job dirs."""
+    (root / ".submitit" / "123_0").mkdir(parents=True)  # submitit's folder must be ignored
+    OmegaConf.save(OmegaConf.create({"hydra": {"mode": "MULTIRUN"}}), root / "multirun.yaml")
+    for num, ((grad, seed), psnr) in enumerate(PSNR.items()):
+        overrides = ["+debug=smoke", f"grad={grad}", f"seed={seed}"]
+        metrics = {
+            "psnr": psnr,
+            "ssim": 0.8 + 0.01 * seed,
+            "psnr_init": 25.0,
+            "ssim_init": 0.7,
+            "iters_mean": 12 + seed,
+            "train_seconds": 3.5,
+            "steps": 2,
+            "converged": True,  # booleans are not metrics
+            "solver": {"residual": 1e-3 * (seed + 1)},  # nested keys are flattened
+            "note": "text is ignored",
+        }
+        if fail_jfb_seed2 and (grad, seed) == ("jfb", 2):
+            write_job(root / str(num), overrides, None, {"status": "failed", "error": "RuntimeError: boom"})
+        else:
+            write_job(root / str(num), overrides, metrics)
+    return root
+
+
+def test_mean_and_std_over_seeds(tmp_path: Path) -> None:
+    table = collect(make_sweep(tmp_path))
+    assert table.group_keys == ["grad"]
+    assert table.fixed == {"debug": "smoke"}
+    assert [r.values for r in table.rows] == [("implicit",), ("jfb",)]
+    for row in table.rows:
+        vals = [p for (g, _), p in PSNR.items() if g == row.values[0]]
+        s = row.summaries["psnr"]
+        assert s.n == row.n == 3 and row.failures == 0
+        assert s.mean == pytest.approx(statistics.fmean(vals), abs=1e-12)
+        assert s.std == pytest.approx(statistics.stdev(vals), abs=1e-12)  # sample std (n - 1)
+    assert table.rows[0].summaries["iters_mean"].mean == pytest.approx(13.0)
+    assert table.rows[0].summaries["solver.residual"].mean == pytest.approx(2e-3)
+
+
+def test_metric_order_known_first_then_alphabetical(tmp_path: Path) -> None:
+    table = collect(make_sweep(tmp_path))
+    assert table.metrics == [
+        "psnr", "ssim", "psnr_init", "ssim_init", "iters_mean",
+        "solver.residual", "steps", "train_seconds",
+    ]
+
+
+def test_markdown_table(tmp_path: Path) -> None:
+    table = collect(make_sweep(tmp_path), metrics=["psnr", "ssim"])
+    md = table.to_markdown().splitlines()
+    assert md[0] == "Common overrides: `debug=smoke`"
+    assert md[2] == "| grad | n | failures | psnr | ssim |"
+    assert md[3] == "|---|---:|---:|---:|---:|"
+    # implicit: mean 28.4, std 0.2646 -> two significant digits of the std
+    assert md[4] == "| implicit | 3 | 0 | 28.40 ± 0.26 | 0.810 ± 0.010 |"
+    assert md[5] == "| jfb | 3 | 0 | 27.23 ± 0.21 | 0.810 ± 0.010 |"
+    assert len(md) == 6
+
+
+def test_failed_job_is_listed_not_fatal(tmp_path: Path) -> None:
+    table = collect(make_sweep(tmp_path, fail_jfb_seed2=True), metrics=["psnr"])
+    jfb = table.rows[1]
+    assert (jfb.n, jfb.failures) == (2, 1)
+    assert jfb.summaries["psnr"].mean == pytest.approx((27.0 + 27.4) / 2)
+    assert [j.path for j in table.failed] == ["5"]
+    md = table.to_markdown()
+    assert "| jfb | 2 | 1 | 27.20 ± 0.28 |" in md
+    assert "- `5`: RuntimeError: boom" in md
+
+
+def test_job_without_metrics_counts_as_failure(tmp_path: Path) -> None:
+    write_job(tmp_path / "0", ["seed=0"], {"psnr": 30.0})
+    write_job(tmp_path / "1", ["seed=1"], None)  # killed before writing metrics
+    write_job(tmp_path / "2", ["seed=2"], None)
+    (tmp_path / "2" / "metrics.json").write_text("{not json")
+    table = collect(tmp_path)
+    assert table.group_keys == []
+    (row,) = table.rows
+    assert (row.n, row.failures) == (1, 2)
+    assert row.summaries["psnr"] == Summary(mean=30.0, std=None, n=1)
+    errors = {j.path: j.error for j in table.failed}
+    assert "no metrics.json" in errors["1"]
+    assert "unreadable metrics.json" in errors["2"]
+
+
+def test_single_seed_std_shown_as_dash_and_zero(tmp_path: Path) -> None:
+    write_job(tmp_path / "0", ["trainer.lr=1e-3"], {"psnr": 30.0})
+    write_job(tmp_path / "1", ["trainer.lr=1e-4"], {"psnr": 29.0})
+    table = collect(tmp_path)
+    md = table.to_markdown()
+    assert "| 1e-4 | 1 | 0 | 29 ± – |" in md  # numeric order: 1e-4 before 1e-3
+    assert md.index("1e-4") < md.index("1e-3")
+    table.write_csv(tmp_path / "r.csv")
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert [r["trainer.lr"] for r in rows] == ["1e-4", "1e-3"]
+    assert rows[0]["psnr_mean"] == "29.0" and rows[0]["psnr_std"] == "0.0" and rows[0]["n"] == "1"
+
+
+def test_natural_sort_of_jobs_and_values(tmp_path: Path) -> None:
+    for i, width in enumerate([8, 16, 32, 64, 128, 2, 4, 256, 512, 1024, 3]):
+        write_job(tmp_path / str(i), [f"model.width={width}"], {"psnr": float(width)})
+    table = collect(tmp_path)
+    assert [j.path for j in table.jobs] == [str(i) for i in range(11)]
+    assert [int(r.values[0]) for r in table.rows] == [2, 3, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+def test_group_by_config_key_and_override(tmp_path: Path) -> None:
+    for i, (views, seed) in enumerate([(30, 0), (30, 1), (60, 0), (60, 1)]):
+        cfg = {"seed": seed, "physics": {"views": views}}
+        # the views differ only in the config (e.g. set by an experiment preset)
+        write_job(tmp_path / str(i), [f"experiment=ct{views}", f"seed={seed}"], {"psnr": views + seed}, config=cfg)
+    table = collect(tmp_path, group_by=["physics.views"])
+    assert [r.values for r in table.rows] == [("30",), ("60",)]
+    assert table.rows[1].summaries["psnr"].mean == pytest.approx(60.5)
+    assert table.fixed == {}
+    with pytest.raises(KeyError, match="physics.nope"):
+        collect(tmp_path, group_by=["physics.nope"])
+
+
+def test_nested_sweep_subdirs(tmp_path: Path) -> None:
+    # hydra.sweep.subdir=${hydra.job.override_dirname} gives one level per job, possibly nested
+    write_job(tmp_path / "grad=jfb" / "seed=0", ["grad=jfb", "seed=0"], {"psnr": 1.0})
+    write_job(tmp_path / "grad=jfb" / "seed=1", ["grad=jfb", "seed=1"], {"psnr": 3.0})
+    table = collect(tmp_path)
+    assert [j.path for j in table.jobs] == ["grad=jfb/seed=0", "grad=jfb/seed=1"]
+    assert table.fixed == {"grad": "jfb"}
+    assert table.rows[0].summaries["psnr"].mean == 2.0
+
+
+def test_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="sweep directory not found"):
+        collect(tmp_path / "missing")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no jobs found"):
+        collect(tmp_path / "empty")
+    write_job(tmp_path / "s" / "0", ["seed=0"], {"psnr": 1.0})
+    with pytest.raises(KeyError, match=r"'lpips'.*available: \['psnr'\]"):
+        collect(tmp_path / "s", metrics=["lpips"])
+
+
+def test_parse_overrides() -> None:
+    assert collect_mod.parse_overrides(["+debug=smoke", "++a.b=[1,2]", "~trainer.x", "k='a=b'"]) == {
+        "debug": "smoke",
+        "a.b": "[1,2]",
+        "trainer.x": "~",
+        "k": "'a=b'",
+    }
+    with pytest.raises(ValueError, match="'oops'"):
+        collect_mod.parse_overrides(["oops"])
+
+
+def test_format_summary() -> None:
+    assert format_summary(Summary(28.3141, 0.1234, 3)) == "28.31 ± 0.12"
+    assert format_summary(Summary(1234.5678, 31.0, 3)) == "1235 ± 31"
+    assert format_summary(Summary(0.81234, 0.0042, 3)) == "0.8123 ± 0.0042"
+    assert format_summary(Summary(5.0, 0.0, 2)) == "5 ± 0"
+    assert format_summary(None) == "–"
+
+
+def test_main_writes_three_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = make_sweep(tmp_path / "sweep", fail_jfb_seed2=True)
+    assert main([str(sweep), "--metrics", "psnr,ssim", "--out", str(tmp_path / "out" / "tab")]) == 0
+    out = capsys.readouterr().out
+    assert "| implicit | 3 | 0 | 28.40 ± 0.26 | 0.810 ± 0.010 |" in out
+    assert (tmp_path / "out" / "tab.md").read_text() == out
+    rows = list(csv.DictReader(open(tmp_path / "out" / "tab.csv")))
+    assert [r["grad"] for r in rows] == ["implicit", "jfb"]
+    assert float(rows[0]["psnr_mean"]) == pytest.approx(28.4)
+    assert float(rows[0]["psnr_std"]) == pytest.approx(statistics.stdev([28.1, 28.5, 28.6]))
+    assert rows[1]["failures"] == "1"
+    jobs = list(csv.DictReader(open(tmp_path / "out" / "tab_jobs.csv")))
+    assert len(jobs) == 6
+    assert jobs[5]["status"] == "failed" and jobs[5]["error"] == "RuntimeError: boom" and jobs[5]["psnr"] == ""
+    assert jobs[0]["seed"] == "0" and jobs[0]["debug"] == "smoke" and float(jobs[0]["psnr"]) == 28.1
+    # default prefix: DIR/results
+    assert main([str(sweep), "--quiet"]) == 0
+    assert (sweep / "results.csv").is_file() and (sweep / "results_jobs.csv").is_file()
+
+
+def test_main_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("eqdeq collect: error: sweep directory not found") and "Traceback" not in err
+    write_job(tmp_path / "s" / "0", ["seed=0"], {"psnr": 1.0})
+    assert main([str(tmp_path / "s"), "--metrics", "lpips"]) == 1
+    assert "metric(s) ['lpips'] not found" in capsys.readouterr().err
