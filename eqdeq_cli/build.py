@@ -1,0 +1,82 @@
+"""Builders: config nodes → data source, physics, group, denoiser, DEQ, loss.
+
+Every component is built by ``hydra.utils.instantiate`` from its node's ``_target_``,
+so adding an option is adding a class and a YAML file; nothing here names a class.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from .data import DataSource
+from .deq import DEQ, build_reconstructor
+from .physics.base import LinearPhysics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    """Everything a run is made of."""
+
+    data: DataSource
+    physics: LinearPhysics
+    group: Any
+    denoiser: nn.Module
+    deq: DEQ
+    loss: Any
+
+
+def build_data(cfg: DictConfig) -> DataSource:
+    """The data source of ``cfg.data``."""
+    return instantiate(cfg.data)
+
+
+def build_physics(cfg: DictConfig, data: DataSource) -> LinearPhysics:
+    """The operator of ``cfg.physics``, checked against the data's image shape ``(C, H, W)``."""
+    physics = instantiate(cfg.physics)
+    if not isinstance(physics, LinearPhysics):
+        raise ValueError(f"physics config builds {type(physics).__name__}, not a LinearPhysics")
+    expected = (int(data.channels), int(data.img_size), int(data.img_size))
+    if tuple(physics.img_shape) != expected:
+        raise ValueError(
+            f"the operator {type(physics).__name__} works on images of shape {tuple(physics.img_shape)} (C, H, W) "
+            f"but the data has {expected}; set physics.img_size / physics.channels to data.img_size / data.channels")
+    return physics
+
+
+def build_group(cfg: DictConfig) -> Any:
+    """The symmetry group of ``cfg.group``."""
+    return instantiate(cfg.group)
+
+
+def build_denoiser(cfg: DictConfig, channels: int) -> nn.Module:
+    """The denoiser of ``cfg.model`` for ``channels`` image channels."""
+    return instantiate(cfg.model, channels=channels)
+
+
+def build_loss(cfg: DictConfig) -> Any:
+    """The training loss of ``cfg.loss`` (a ``CompositeLoss``)."""
+    return instantiate(cfg.loss)
+
+
+def build_components(cfg: DictConfig) -> Components:
+    """Build data, physics, group, denoiser, DEQ and loss from the composed config.
+
+    The denoiser's initial weights are drawn from torch's global RNG: seed it first.
+    """
+    data = build_data(cfg)
+    physics = build_physics(cfg, data)
+    group = build_group(cfg)
+    denoiser = build_denoiser(cfg, channels=int(data.channels))
+    deq = build_reconstructor(cfg, physics, denoiser)
+    loss = build_loss(cfg)
+    log.info("data %s | physics %s | group %s | denoiser %s (%d parameters) | grad %s",
+             data, type(physics).__name__, type(group).__name__, type(denoiser).__name__,
+             sum(p.numel() for p in denoiser.parameters()), deq.grad)
+    return Components(data=data, physics=physics, group=group, denoiser=denoiser, deq=deq, loss=loss)

@@ -1,0 +1,116 @@
+"""The ``eqdeq`` command: a subcommand, then Hydra's command line.
+
+``eqdeq train [overrides]`` and ``eqdeq eval ckpt=PATH [overrides]`` hand everything
+after the subcommand to the Hydra app of :mod:`eqdeq_cli.run`, so ``--help``,
+``--cfg job``, ``-m`` and ``-sc`` (shell completion) work as in any Hydra app.
+``eqdeq collect`` and ``eqdeq analyze`` are imported only when used.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Callable, Sequence
+
+HYDRA_COMMANDS = {
+    "train": "train a DEQ reconstructor (eqdeq train [group=option ...] [key=value ...])",
+    "eval": "evaluate a checkpoint (eqdeq eval ckpt=PATH [overrides])",
+}
+MODULE_COMMANDS = {
+    "collect": ("eqdeq_cli.collect", "tabulate the metrics of a sweep directory (eqdeq collect DIR)"),
+    "analyze": ("eqdeq_cli.analyze", "analyse a trained denoiser: equivariance, Jacobian symmetry"),
+}
+
+USAGE = """usage: eqdeq <command> [arguments]
+
+Train deep equilibrium models for imaging inverse problems without ground truth.
+
+commands:
+{commands}
+
+Each command takes --help. train and eval take Hydra overrides, e.g.
+  eqdeq train physics=ct grad=implicit
+  eqdeq train -m grad=implicit,jfb seed=0,1
+  eqdeq train --cfg job          (print the composed config and exit)
+  eqdeq eval ckpt=outputs/train/<run>/checkpoints/best.pt
+Shell completion (bash): eval "$(eqdeq train -sc install=bash)"
+"""
+
+
+def _usage() -> str:
+    rows = {**HYDRA_COMMANDS, **{k: v[1] for k, v in MODULE_COMMANDS.items()}}
+    return USAGE.format(commands="\n".join(f"  {name:<9}{text}" for name, text in rows.items()))
+
+
+def _run_hydra(command: str, args: Sequence[str], prog: str) -> int:
+    from . import run
+
+    app: Callable[[], None] = run.train_app if command == "train" else run.eval_app
+    saved = sys.argv
+    sys.argv = [prog, *args]
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _run_module(command: str, args: Sequence[str]) -> int:
+    module_name = MODULE_COMMANDS[command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        sys.stderr.write(f"eqdeq: error: the '{command}' command is not available in this installation "
+                         f"({module_name} is missing)\n")
+        return 2
+    return int(module.main(list(args)) or 0)
+
+
+def _completion_query(prog: str, args: Sequence[str]) -> int:
+    """Answer a shell-completion query (``eqdeq -sc query=bash`` with ``COMP_LINE`` set).
+
+    The installed bash function calls the program without the subcommand; the
+    subcommand is read from ``COMP_LINE`` and stripped before Hydra sees the line.
+    """
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    typing_command = len(words) < 2 or (len(words) == 2 and not line.endswith(" "))
+    if typing_command:
+        prefix = words[1] if len(words) == 2 else ""
+        names = [c for c in (*HYDRA_COMMANDS, *MODULE_COMMANDS) if c.startswith(prefix)]
+        sys.stdout.write(" ".join(names) + "\n")
+        return 0
+    if words[1] not in HYDRA_COMMANDS:
+        return 0
+    os.environ["COMP_LINE"] = line.replace(words[1], "", 1)
+    return _run_hydra(words[1], args, prog)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``eqdeq`` console script; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    prog = os.path.basename(sys.argv[0]) or "eqdeq"
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command in ("-sc", "--shell-completion") or command.startswith("--shell-completion="):
+        return _completion_query(prog, args) if any("query=" in a for a in args) else _run_hydra("train", args, prog)
+    if command in HYDRA_COMMANDS:
+        return _run_hydra(command, rest, prog)
+    if command in MODULE_COMMANDS:
+        return _run_module(command, rest)
+    sys.stderr.write(f"eqdeq: error: unknown command {command!r}; valid commands: "
+                     f"{', '.join([*HYDRA_COMMANDS, *MODULE_COMMANDS])} (see eqdeq --help)\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

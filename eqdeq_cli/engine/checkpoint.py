@@ -1,0 +1,76 @@
+"""Checkpoints: written atomically, read back with ``weights_only=True``.
+
+A checkpoint is a dict of plain data and tensors:
+
+``model``, ``optimizer``, ``scheduler`` (state dicts), ``step`` (optimizer steps
+taken), ``rng`` (see :mod:`eqdeq_cli.engine.state`), ``config`` (the resolved run
+config as plain containers), ``best`` (best monitored value and its step),
+``bad_steps``, ``train_time_s`` and ``format`` (:data:`FORMAT`).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+
+#: Version of the checkpoint layout; bumped when it changes incompatibly.
+FORMAT = 1
+REQUIRED_KEYS = ("model", "step", "config")
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder + ``os.replace``).
+
+    A crash while writing leaves the previous file at ``path`` intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """``path`` itself if it is a file; ``path/checkpoints/last.pt`` if it is a run directory."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        candidate = p / "checkpoints" / "last.pt"
+        if candidate.is_file():
+            return candidate
+        raise CheckpointError(f"no checkpoint found: {str(p)!r} is a directory without checkpoints/last.pt")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {str(p)!r} (give a .pt file or a run directory)")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load an eqdeq checkpoint (a ``.pt`` file or a run directory) with ``weights_only=True``.
+
+    Raises :class:`~eqdeq_cli.errors.CheckpointError` with a clear message when the file is
+    missing, truncated or corrupt, or not an eqdeq checkpoint.
+    """
+    p = resolve_checkpoint_path(path)
+    try:
+        payload = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise CheckpointError(f"cannot read checkpoint {str(p)!r}: the file is corrupt or not a "
+                              f"PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
+        raise CheckpointError(f"{str(p)!r} is not an eqdeq checkpoint: expected a dict with keys {list(REQUIRED_KEYS)}")
+    if payload.get("format", 0) > FORMAT:
+        raise CheckpointError(f"{str(p)!r} was written by a newer eqdeq (format {payload['format']} > {FORMAT})")
+    return payload

@@ -1,0 +1,131 @@
+r"""Evaluation of a reconstructor on a split: image metrics, solver statistics, samples.
+
+With ground truth (items carry ``"x"``): PSNR and SSIM of the DEQ reconstruction
+:math:`\hat x = f(y)` and of the baseline :math:`x_0 = A^\dagger y`, after clamping both
+to :math:`[0, R]` (``R`` = ``data_range``). Without ground truth, measurement-domain
+metrics only: the relative residual :math:`\lVert A\hat x - y\rVert / \lVert y\rVert`
+and measurement PSNR (see :mod:`eqdeq_cli.engine.metrics`), for both.
+Always: mean forward iterations, mean final residual, the fraction of samples whose
+solve converged, and the number of non-finite solves.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import TensorDictDataset
+from ..deq import DEQ
+from .metrics import measurement_psnr, psnr, relative_error, ssim
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """Scalar metrics (``metrics``) and the first ``n_images`` samples (``samples``)."""
+
+    metrics: dict[str, float]
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _ssim_window(img_size: int) -> int:
+    """The standard 11-pixel window, shrunk (odd) for images smaller than that."""
+    w = min(11, img_size)
+    return w if w % 2 == 1 else w - 1
+
+
+@torch.no_grad()
+def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: float,
+             device: torch.device, n_images: int = 8) -> EvalResult:
+    """Evaluate ``deq`` (in eval mode, with its eval solver) on every item of ``data``.
+
+    Returns means over the split of: ``psnr``, ``ssim``, ``psnr_init``, ``ssim_init``
+    (with ground truth) or ``meas_error``, ``meas_psnr`` and their ``_init`` versions
+    (without); ``iters_mean``, ``residual_mean``, ``converged_frac``, ``nonfinite``;
+    and ``n`` (number of samples). ``samples`` holds ``x`` (if any), ``y``, ``x_init``,
+    ``x_hat`` for the first ``n_images`` items, on the CPU.
+    """
+    if data_range <= 0:
+        raise ValueError(f"eval data_range must be > 0, got {data_range}")
+    was_training = deq.training
+    deq.eval()
+    physics = deq.fmap.physics
+    tensors = data.tensors
+    n = len(data)
+    sums: dict[str, float] = {}
+    iters: list[float] = []
+    residuals: list[torch.Tensor] = []
+    converged: list[torch.Tensor] = []
+    nonfinite = 0
+    kept: dict[str, list[torch.Tensor]] = {}
+    try:
+        for start in range(0, n, batch_size):
+            y = tensors["y"][start:start + batch_size].to(device)
+            x_init = physics.A_dagger(y)
+            x_hat = deq(y)
+            stats = deq.last_stats.forward
+            iters.extend([float(stats.iterations)] * y.shape[0])
+            residuals.append(stats.residual.detach().double().cpu())
+            converged.append(stats.converged.detach().cpu())
+            nonfinite += int(stats.nonfinite)
+            values: dict[str, torch.Tensor] = {}
+            if "x" in tensors:
+                x = tensors["x"][start:start + batch_size].to(device)
+                xh, x0 = x_hat.clamp(0, data_range), x_init.clamp(0, data_range)
+                window = _ssim_window(min(x.shape[-2:]))
+                values["psnr"] = psnr(xh, x, data_range)
+                values["ssim"] = ssim(xh, x, data_range, window_size=window)
+                values["psnr_init"] = psnr(x0, x, data_range)
+                values["ssim_init"] = ssim(x0, x, data_range, window_size=window)
+            else:
+                y_hat, y_init = physics.A(x_hat), physics.A(x_init)
+                values["meas_error"] = relative_error(y_hat, y)
+                values["meas_psnr"] = measurement_psnr(y_hat, y)
+                values["meas_error_init"] = relative_error(y_init, y)
+                values["meas_psnr_init"] = measurement_psnr(y_init, y)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + float(v.double().sum())
+            if start < n_images:
+                take = min(n_images - start, y.shape[0])
+                batch = {"y": y, "x_init": x_init, "x_hat": x_hat}
+                if "x" in tensors:
+                    batch["x"] = tensors["x"][start:start + take]
+                for k, v in batch.items():
+                    kept.setdefault(k, []).append(v[:take].detach().float().cpu())
+    finally:
+        deq.train(was_training)
+    metrics = {k: v / n for k, v in sums.items()}
+    res = torch.cat(residuals)
+    metrics.update(
+        iters_mean=sum(iters) / n,
+        residual_mean=float(res[torch.isfinite(res)].mean()) if torch.isfinite(res).any() else float("nan"),
+        converged_frac=float(torch.cat(converged).float().mean()),
+        nonfinite=float(nonfinite),
+        n=float(n),
+    )
+    return EvalResult(metrics=metrics, samples={k: torch.cat(v) for k, v in kept.items()})
+
+
+def save_samples(result: EvalResult, *, png_path: Path, h5_path: Path, data_range: float) -> None:
+    """Write the kept samples as a PNG grid (ground truth, ``A†y``, reconstruction, error)
+    and as HDF5 arrays (``x``, ``y``, ``x_init``, ``x_hat``)."""
+    from .images import save_image_grid, save_reconstructions_h5
+
+    s = result.samples
+    if not s:
+        return
+    save_reconstructions_h5(h5_path, **s)
+    columns: dict[str, torch.Tensor] = {}
+    if "x" in s:
+        columns["ground truth"] = s["x"]
+    columns["A_dagger y"] = s["x_init"]
+    columns["reconstruction"] = s["x_hat"]
+    if "x" in s:
+        columns["|error|"] = (s["x_hat"].clamp(0, data_range) - s["x"]).abs()
+    try:
+        save_image_grid(png_path, columns, data_range=data_range)
+    except ValueError as exc:  # e.g. a channel count the grid cannot display
+        log.warning("no PNG grid written for %s: %s", png_path.name, exc)

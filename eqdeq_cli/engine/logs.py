@@ -1,0 +1,107 @@
+"""Where numbers go: ``metrics.csv``, TensorBoard (``tb/``), and a tqdm-safe log handler."""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+#: Leading columns of ``metrics.csv``; metric columns follow in sorted order.
+CSV_LEAD = ("step", "split", "time_s")
+
+
+class TqdmLoggingHandler(logging.StreamHandler):
+    """A stream handler that writes through ``tqdm.write`` so progress bars stay intact."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # pragma: no cover - mirrors logging.Handler.handleError
+            self.handleError(record)
+
+
+class MetricsCSV:
+    """Appends one row per evaluation to ``metrics.csv``.
+
+    The header is fixed by the first row written (or read from an existing file, when a
+    run resumes); later keys not in the header are dropped, missing ones left empty.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._fields: list[str] | None = None
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with self.path.open(newline="") as f:
+                self._fields = next(csv.reader(f), None)
+
+    def append(self, step: int, split: str, time_s: float, metrics: Mapping[str, float]) -> None:
+        row: dict[str, Any] = {"step": step, "split": split, "time_s": round(time_s, 3), **metrics}
+        new = self._fields is None
+        if new:
+            self._fields = list(CSV_LEAD) + sorted(k for k in metrics if k not in CSV_LEAD)
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class TensorBoard:
+    """A thin wrapper over ``SummaryWriter`` that tolerates being disabled (``enabled=False``)."""
+
+    def __init__(self, log_dir: str | os.PathLike, enabled: bool = True) -> None:
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if v is not None and math.isfinite(float(v)):
+                self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
+
+    def images(self, tag: str, images: torch.Tensor, step: int, data_range: float) -> None:
+        """Log ``(B, C, H, W)`` images; two channels are shown as their magnitude."""
+        if self.writer is None or images.ndim != 4:
+            return
+        if images.shape[1] == 2:
+            images = images.pow(2).sum(dim=1, keepdim=True).sqrt()
+        if images.shape[1] not in (1, 3):
+            return
+        self.writer.add_images(tag, (images.float() / data_range).clamp(0, 1), step)
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        if self.writer is None:
+            return
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        finite = {f"hparam/{k}": float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        self.writer.add_hparams(clean, finite, run_name=".")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+class ConsoleFilter(logging.Filter):
+    """Keeps records marked ``extra={"file_only": True}`` (tracebacks, the full config) off the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
+class FileFilter(logging.Filter):
+    """Keeps records marked ``extra={"console_only": True}`` out of the log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "console_only", False)
