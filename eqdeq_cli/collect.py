@@ -308,7 +308,7 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
             status = "failed"
             errors.append(f"unreadable metrics.json: {exc}")
     if status != "ok":
-        log.warning("job %s failed: %s", rel, "; ".join(errors))
+        log.info("job %s failed: %s", rel, "; ".join(errors))
     return JobResult(
         path=rel,
         overrides=overrides,
