@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .base import DataSource, TensorDictDataset, check_split_name
-from .preprocess import area_resize, center_crop, check_finite, complex_to_channels, normalize
+from .preprocess import area_resize, center_crop, check_finite, complex_to_channels
 
 log = logging.getLogger(__name__)
 

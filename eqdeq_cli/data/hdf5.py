@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .base import SPLITS, DataSource, TensorDictDataset, check_split_name
-from .preprocess import check_finite, check_normalize, complex_to_channels, normalize
+from .preprocess import check_finite, check_normalize, complex_to_channels
+from .preprocess import normalize as normalize_images
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class HDF5Data(DataSource):
                 raise ValueError(f"normalize={self.normalize!r} with stored measurements would rescale x but not y, "
                                  "breaking y = A x; use normalize: none, or normalise when creating the file")
             for d in self._data.values():
-                d["x"] = normalize(d["x"], self.normalize)
+                d["x"] = normalize_images(d["x"], self.normalize)
 
     # -- interface ------------------------------------------------------------------
     def split(self, name: str) -> TensorDictDataset:
