@@ -29,11 +29,14 @@ class DenseMatrixPhysics(LinearPhysics):
         self.register_buffer("matrix", matrix.clone())
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_image(x)
         return x.reshape(x.shape[0], -1) @ self.matrix.to(x.dtype).T
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        self.check_measurement(y)
         return (y @ self.matrix.to(y.dtype)).reshape((y.shape[0],) + self.img_shape)
 
     def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
+        self.check_measurement(y)
         pinv = torch.linalg.pinv(self.matrix.to(torch.float64)).to(y.dtype)
         return (y @ pinv.T).reshape((y.shape[0],) + self.img_shape)
