@@ -7,7 +7,8 @@ with the run output contract:
 * ``.hydra/overrides.yaml`` — the job's command-line overrides (the swept values),
 * ``.hydra/config.yaml`` — the composed config,
 * ``metrics.json`` — the final evaluation (every numeric key is treated as a metric),
-* optionally ``status.json`` — ``{"status": "failed", "error": "..."}`` for a failed job.
+* optionally ``status.json`` — ``{"status": "running" | "completed" | "stopped" | "failed",
+  "error": "..."}``, written by the runner.
 
 Jobs are grouped by the swept override keys (all keys whose value differs between jobs,
 except the seed); within a group every metric is summarised over the seeds by its mean
@@ -16,8 +17,8 @@ and its sample standard deviation
     mean = (1/n) Σ_i m_i,    std = sqrt( Σ_i (m_i − mean)² / (n − 1) ),
 
 with ``std = 0`` in the CSV (and ``–`` in Markdown) when ``n = 1``. A job without a
-readable ``metrics.json`` or with a failure marker is counted under ``failures``; it does
-not stop the collection.
+readable ``metrics.json`` (still running, preempted, killed) or with a failure marker is
+counted under ``failures``; it does not stop the collection.
 
 Outputs (``--out PREFIX``, default ``DIR/results``): ``PREFIX.csv`` (one row per group),
 ``PREFIX.md`` (the same as a Markdown table, followed by the list of failed jobs) and
@@ -51,7 +52,8 @@ class JobResult:
 
     ``path`` is relative to the sweep directory; ``overrides`` maps each override key
     (without Hydra's ``+``/``++``/``~`` prefix) to its value as typed on the command line;
-    ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why).
+    ``status`` is ``"ok"``, ``"failed"`` (a failure marker or unreadable metrics) or
+    ``"incomplete"`` (no ``metrics.json`` yet: running, preempted or killed); ``error`` says why.
     """
 
     path: str
@@ -146,9 +148,9 @@ class SweepTable:
             cells += [format_summary(row.summaries.get(m)) for m in self.metrics]
             lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
         if self.failed:
-            lines += ["", f"Failed jobs ({len(self.failed)}):", ""]
+            lines += ["", f"Failed or incomplete jobs ({len(self.failed)}):", ""]
             for job in self.failed:
-                lines.append(f"- `{job.path}`: {job.error}")
+                lines.append(f"- `{job.path}` ({job.status}): {job.error}")
         return "\n".join(lines) + "\n"
 
 
@@ -285,13 +287,15 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
             errors.append(f"unreadable {cfg_file.name}: {exc}")
 
     status = "ok"
+    run_status = None
     status_file = job_dir / "status.json"
     if status_file.is_file():
         try:
             marker = json.loads(status_file.read_text())
         except json.JSONDecodeError as exc:
             marker = {"status": "failed", "error": f"unreadable status.json: {exc}"}
-        if isinstance(marker, dict) and marker.get("status") == "failed":
+        run_status = marker.get("status") if isinstance(marker, dict) else None
+        if run_status == "failed":
             status = "failed"
             errors.insert(0, str(marker.get("error") or "failed (no error message)"))
 
@@ -299,8 +303,10 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
     metrics_file = job_dir / "metrics.json"
     if not metrics_file.is_file():
         if status == "ok":
-            errors.insert(0, "no metrics.json (job incomplete, still running, or killed)")
-        status = "failed"
+            # "running" (or killed hard), "stopped" (preempted, waiting for its requeue)
+            state = f"status {run_status!r}" if run_status else "still running, or killed"
+            errors.insert(0, f"incomplete: no metrics.json ({state})")
+            status = "incomplete"
     else:
         try:
             metrics = flatten_metrics(json.loads(metrics_file.read_text()))

@@ -108,7 +108,7 @@ def test_failed_job_is_listed_not_fatal(tmp_path: Path) -> None:
     assert [j.path for j in table.failed] == ["5"]
     md = table.to_markdown()
     assert "| jfb | 2 | 1 | 27.20 ± 0.28 |" in md
-    assert "- `5`: RuntimeError: boom" in md
+    assert "- `5` (failed): RuntimeError: boom" in md
 
 
 def test_job_without_metrics_counts_as_failure(tmp_path: Path) -> None:
@@ -116,14 +116,16 @@ def test_job_without_metrics_counts_as_failure(tmp_path: Path) -> None:
     write_job(tmp_path / "1", ["seed=1"], None)  # killed before writing metrics
     write_job(tmp_path / "2", ["seed=2"], None)
     (tmp_path / "2" / "metrics.json").write_text("{not json")
+    write_job(tmp_path / "3", ["seed=3"], None, {"status": "stopped", "step": 40})  # preempted
     table = collect(tmp_path)
     assert table.group_keys == []
     (row,) = table.rows
-    assert (row.n, row.failures) == (1, 2)
+    assert (row.n, row.failures) == (1, 3)
     assert row.summaries["psnr"] == Summary(mean=30.0, std=None, n=1)
-    errors = {j.path: j.error for j in table.failed}
-    assert "no metrics.json" in errors["1"]
-    assert "unreadable metrics.json" in errors["2"]
+    jobs = {j.path: j for j in table.failed}
+    assert jobs["1"].status == "incomplete" and "no metrics.json (still running, or killed)" in jobs["1"].error
+    assert jobs["2"].status == "failed" and "unreadable metrics.json" in jobs["2"].error
+    assert jobs["3"].status == "incomplete" and "status 'stopped'" in jobs["3"].error
 
 
 def test_single_seed_std_shown_as_dash_and_zero(tmp_path: Path) -> None:
