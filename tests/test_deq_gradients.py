@@ -19,7 +19,7 @@ from torch import nn
 
 from eqdeq_cli.deq import DEQ, GradientSettings, HQSMap, ProxGradMap, anderson_solve, build_reconstructor, \
     fixed_point_solve
-from eqdeq_cli.physics import DenseMatrixPhysics
+from eqdeq_cli.physics import DenseMatrixPhysics, conjugate_gradient
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DT = torch.float64
@@ -62,15 +62,29 @@ def make_deq(fmap, grad: str, **options) -> DEQ:
     return DEQ(fmap, grad=grad, **options)
 
 
+def reference_map(fmap, y: torch.Tensor):
+    """The map written out from its definition, independent of ``fmap.prepare`` / ``fmap.forward``."""
+    physics, denoiser, gamma = fmap.physics, fmap.denoiser, fmap.step.to(y.dtype)
+    Aty = physics.A_adjoint(y)
+    if isinstance(fmap, HQSMap):
+        return lambda z: denoiser(conjugate_gradient(lambda v: physics.AtA(v) + v / gamma, Aty + z / gamma,
+                                                     x0=z, n_iter=fmap.cg_iters, tol=fmap.cg_tol))
+    return lambda z: denoiser(z - gamma * (physics.A_adjoint(physics.A(z)) - Aty))
+
+
 def reference_call(fmap, y: torch.Tensor, steps: int = 150) -> torch.Tensor:
     """Differentiable surrogate of the equilibrium: ``steps`` tracked iterations from ``z*``."""
-    ctx = fmap.prepare(y)
+    T = reference_map(fmap, y)
     with torch.no_grad():
-        z, stats = TIGHT(lambda v: fmap(v, ctx), fmap.init(y))
+        z, stats = TIGHT(T, physics_init(fmap, y))
     assert stats.converged.all()
     for _ in range(steps):
-        z = fmap(z, ctx)
+        z = T(z)
     return z
+
+
+def physics_init(fmap, y: torch.Tensor) -> torch.Tensor:
+    return fmap.physics.A_dagger(y)
 
 
 def gradients(loss: torch.Tensor, fmap, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
