@@ -29,39 +29,22 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import math
-import re
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
+from .sweep_jobs import JobResult, find_job_dirs, flatten_metrics, natural_key, parse_overrides, read_job
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "JobResult", "Summary", "GroupRow", "SweepTable", "collect", "format_summary", "main",
+    "find_job_dirs", "read_job", "parse_overrides", "flatten_metrics",
+]
 
 #: Metrics listed first, in this order; any other numeric key follows alphabetically.
 PREFERRED_METRICS: tuple[str, ...] = ("psnr", "ssim", "psnr_init", "ssim_init", "iters_mean")
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """One job of a sweep.
-
-    ``path`` is relative to the sweep directory; ``overrides`` maps each override key
-    (without Hydra's ``+``/``++``/``~`` prefix) to its value as typed on the command line;
-    ``status`` is ``"ok"``, ``"failed"`` (a failure marker or unreadable metrics) or
-    ``"incomplete"`` (no ``metrics.json`` yet: running, preempted or killed); ``error`` says why.
-    """
-
-    path: str
-    overrides: dict[str, str]
-    config: dict[str, Any]
-    metrics: dict[str, float]
-    status: str
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,7 +214,7 @@ def collect(
     for job in jobs:
         value = tuple("" if (v := _lookup(job, k)) is None else v for k in keys)
         groups.setdefault(value, []).append(job)
-    for value in sorted(groups, key=lambda t: tuple(_natural_key(v) for v in t)):
+    for value in sorted(groups, key=lambda t: tuple(natural_key(v) for v in t)):
         members = groups[value]
         ok = [j for j in members if j.status == "ok"]
         summaries = {}
@@ -244,120 +227,6 @@ def collect(
             GroupRow(values=value, n=len(ok), failures=len(members) - len(ok), summaries=summaries)
         )
     return table
-
-
-def find_job_dirs(root: Path) -> list[Path]:
-    """Job directories under ``root`` (``root`` itself included), in natural order.
-
-    A job directory holds ``.hydra/`` or ``metrics.json``; hidden directories (``.submitit``)
-    are skipped and the search does not descend into a job directory.
-    """
-    found: list[Path] = []
-
-    def visit(d: Path) -> None:
-        if (d / ".hydra").is_dir() or (d / "metrics.json").is_file():
-            found.append(d)
-            return
-        for child in sorted(d.iterdir(), key=lambda p: _natural_key(p.name)):
-            if child.is_dir() and not child.name.startswith("."):
-                visit(child)
-
-    visit(root)
-    return found
-
-
-def read_job(job_dir: Path, root: Path) -> JobResult:
-    """Read one job's overrides, config, metrics and failure marker; never raises for a bad job."""
-    rel = job_dir.relative_to(root).as_posix() if job_dir != root else "."
-    errors: list[str] = []
-    overrides: dict[str, str] = {}
-    config: dict[str, Any] = {}
-    ov_file = job_dir / ".hydra" / "overrides.yaml"
-    if ov_file.is_file():
-        try:
-            overrides = parse_overrides(yaml.safe_load(ov_file.read_text()) or [])
-        except (yaml.YAMLError, ValueError) as exc:
-            errors.append(f"unreadable {ov_file.name}: {exc}")
-    cfg_file = job_dir / ".hydra" / "config.yaml"
-    if cfg_file.is_file():
-        try:
-            loaded = yaml.safe_load(cfg_file.read_text())
-            config = loaded if isinstance(loaded, dict) else {}
-        except yaml.YAMLError as exc:
-            errors.append(f"unreadable {cfg_file.name}: {exc}")
-
-    status = "ok"
-    run_status = None
-    status_file = job_dir / "status.json"
-    if status_file.is_file():
-        try:
-            marker = json.loads(status_file.read_text())
-        except json.JSONDecodeError as exc:
-            marker = {"status": "failed", "error": f"unreadable status.json: {exc}"}
-        run_status = marker.get("status") if isinstance(marker, dict) else None
-        if run_status == "failed":
-            status = "failed"
-            errors.insert(0, str(marker.get("error") or "failed (no error message)"))
-
-    metrics: dict[str, float] = {}
-    metrics_file = job_dir / "metrics.json"
-    if not metrics_file.is_file():
-        if status == "ok":
-            # "running" (or killed hard), "stopped" (preempted, waiting for its requeue)
-            state = f"status {run_status!r}" if run_status else "still running, or killed"
-            errors.insert(0, f"incomplete: no metrics.json ({state})")
-            status = "incomplete"
-    else:
-        try:
-            metrics = flatten_metrics(json.loads(metrics_file.read_text()))
-        except (json.JSONDecodeError, ValueError) as exc:
-            status = "failed"
-            errors.append(f"unreadable metrics.json: {exc}")
-    if status != "ok":
-        log.info("job %s failed: %s", rel, "; ".join(errors))
-    return JobResult(
-        path=rel,
-        overrides=overrides,
-        config=config,
-        metrics=metrics if status == "ok" else {},
-        status=status,
-        error="; ".join(errors) if status != "ok" else None,
-    )
-
-
-def parse_overrides(items: Sequence[Any]) -> dict[str, str]:
-    """``["grad=jfb", "+debug=smoke"]`` → ``{"grad": "jfb", "debug": "smoke"}``.
-
-    The key loses Hydra's ``+``, ``++`` and ``~`` prefixes; the value is kept as typed.
-    A deletion (``~key``) maps to ``"~"``.
-    """
-    if not isinstance(items, list):
-        raise ValueError(f"expected a list of overrides, got {type(items).__name__}")
-    out: dict[str, str] = {}
-    for item in items:
-        text = str(item)
-        key, sep, value = text.partition("=")
-        if text.startswith("~"):
-            out[key.lstrip("~")] = "~"
-        elif sep:
-            out[key.lstrip("+")] = value
-        else:
-            raise ValueError(f"override {text!r} is not of the form key=value")
-    return out
-
-
-def flatten_metrics(data: Any, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a metrics dict, nested keys joined by dots; booleans and strings skipped."""
-    if not isinstance(data, dict):
-        raise ValueError(f"metrics.json must hold an object, got {type(data).__name__}")
-    out: dict[str, float] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten_metrics(value, prefix=f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
 
 
 def _ordered_metrics(names: set[str]) -> list[str]:
@@ -375,15 +244,6 @@ def _lookup(job: JobResult, key: str) -> str | None:
             return None
         node = node[part]
     return node if isinstance(node, str) else json.dumps(node)
-
-
-def _natural_key(text: str) -> tuple[Any, ...]:
-    """Sort key that orders numbers by value (``2 < 10``, ``1e-4 < 1e-3``) and text alphabetically."""
-    try:
-        return (0, float(text), "")
-    except ValueError:
-        parts = re.split(r"(\d+)", text)
-        return (1, 0.0, tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts))
 
 
 def _md_escape(text: str) -> str:
