@@ -108,6 +108,10 @@ def jacobian_asymmetry(fn: Fn, x: torch.Tensor, n_probes: int = 8, generator: to
     antisymmetric ``J``), estimated as ``sqrt(Σ‖(J − Jᵀ)v‖² / Σ 4‖J v‖²)``
     (Hutchinson: ``E‖Mv‖² = ‖M‖_F²``).
 
+    For a residual denoiser ``D(x) = x − R(x)`` the identity dominates ``‖J v‖``, so
+    the ratio is small for any ``R``; ``fn = lambda x: x - D(x)`` has the same
+    ``J − Jᵀ`` (up to sign) and normalises by the learned part instead.
+
     Args:
         fn: batched map ``(B, ...) -> (B, ...)`` with matching input and output shapes,
             differentiable twice by autograd (modules in eval mode).
