@@ -8,11 +8,20 @@ class Group:
     """A group of image transforms ``T_g``, sampled independently for each sample.
 
     Subclasses implement :meth:`sample` (one element per sample, as a tensor whose
-    first dimension is the batch) and :meth:`apply` / :meth:`apply_inverse`.
+    first dimension is the batch) and :meth:`apply` / :meth:`apply_inverse`, with
+    ``apply_inverse(apply(x, g), g) == x`` (exactly for discrete groups, up to
+    interpolation for continuous rotations).
+
+    Randomness: elements are drawn on the CPU from ``generator`` (the global CPU RNG when
+    it is ``None``) and then moved to ``device``, so a seed gives the same elements on
+    every device.
     """
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None) -> torch.Tensor:
+               device: torch.device | str | None = None,
+               img_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """One element per sample. ``img_size = (H, W)`` is needed by groups whose
+        range depends on the image (full-range shifts); others ignore it."""
         raise NotImplementedError
 
     def apply(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -23,5 +32,19 @@ class Group:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply a freshly sampled element per sample; returns ``(T_g x, g)``."""
-        g = self.sample(x.shape[0], generator=generator, device=x.device)
+        g = self.sample(x.shape[0], generator=generator, device=x.device, img_size=tuple(x.shape[-2:]))
         return self.apply(x, g), g
+
+
+def check_images(name: str, x: torch.Tensor, g: torch.Tensor) -> None:
+    """Raise a clear ``ValueError`` unless ``x`` is ``(B, C, H, W)`` with one element of ``g`` per sample."""
+    if x.ndim != 4:
+        raise ValueError(f"{name} acts on images of shape (B, C, H, W), got {tuple(x.shape)}")
+    if g.shape[0] != x.shape[0]:
+        raise ValueError(f"{name}: {g.shape[0]} group elements for a batch of {x.shape[0]} images")
+
+
+def randint(low: int, high: int, size: tuple[int, ...], generator: torch.Generator | None,
+            device: torch.device | str | None) -> torch.Tensor:
+    """Integers uniform in ``[low, high)``, drawn on the CPU and moved to ``device``."""
+    return torch.randint(low, high, size, generator=generator, device="cpu").to(device or "cpu")

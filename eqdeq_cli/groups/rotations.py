@@ -1,0 +1,100 @@
+r"""Rotations of images about their centre: continuous angles or exact multiples of 90°."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .base import Group, check_images, randint
+
+_PADDING = ("zeros", "border", "reflection")
+
+
+class Rotations(Group):
+    r"""Rotations about the image centre, one element per sample.
+
+    Continuous mode (``exact=False``): ``g`` is a ``(B,)`` float64 tensor of angles in
+    degrees, uniform in ``[-max_angle, max_angle]``; the image is resampled with bilinear
+    interpolation (``affine_grid`` + ``grid_sample``, ``align_corners=False``), so
+    ``apply_inverse(apply(x, g), g) ≈ x`` only inside the disc inscribed in the image (the
+    corners leave the field of view and come back as ``padding``) and up to interpolation
+    blur. Non-square images are rotated in pixel units (the aspect ratio is kept).
+
+    Exact mode (``exact=True``): ``g`` is a ``(B,)`` int64 tensor of quarter turns ``k``
+    (``torch.rot90`` by ``k``), uniform over the distinct multiples of 90° with
+    ``|90 k| ≤ max_angle``; exactly invertible; square images only.
+
+    Both modes rotate in the same direction: a continuous rotation by ``90 k`` degrees of a
+    square image equals ``torch.rot90(x, k, dims=(-2, -1))`` up to rounding.
+
+    Args:
+        max_angle: largest angle in degrees, in ``(0, 180]`` (``≥ 90`` when exact).
+        exact: restrict to multiples of 90°.
+        padding: ``grid_sample`` padding outside the image: zeros, border or reflection.
+    """
+
+    def __init__(self, *, max_angle: float = 180.0, exact: bool = False, padding: str = "zeros") -> None:
+        if not (isinstance(max_angle, (int, float)) and 0 < max_angle <= 180):
+            raise ValueError(f"Rotations: max_angle must be a number of degrees in (0, 180], got {max_angle!r}")
+        if exact and max_angle < 90:
+            raise ValueError(f"Rotations(exact=True) uses multiples of 90°, so max_angle must be ≥ 90, got {max_angle}")
+        if padding not in _PADDING:
+            raise ValueError(f"Rotations: padding must be one of {', '.join(_PADDING)}, got {padding!r}")
+        self.max_angle = float(max_angle)
+        self.exact = bool(exact)
+        self.padding = padding
+        # Distinct quarter turns k mod 4 with |90 k| ≤ max_angle.
+        self._quarters = sorted({k % 4 for k in range(-2, 3) if abs(90 * k) <= self.max_angle})
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None,
+               img_size: tuple[int, int] | None = None) -> torch.Tensor:
+        if self.exact:
+            idx = randint(0, len(self._quarters), (batch_size,), generator, None)
+            return torch.tensor(self._quarters, dtype=torch.long)[idx].to(device or "cpu")
+        u = torch.rand((batch_size,), generator=generator, dtype=torch.float64)
+        return ((2 * u - 1) * self.max_angle).to(device or "cpu")
+
+    def apply(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        check_images("Rotations", x, g)
+        return _rot90_per_sample(x, g) if self.exact else self._rotate(x, g)
+
+    def apply_inverse(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        check_images("Rotations", x, g)
+        return _rot90_per_sample(x, -g) if self.exact else self._rotate(x, -g)
+
+    def _rotate(self, x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+        if not degrees.is_floating_point():
+            raise ValueError("Rotations(exact=False) expects angles in degrees (a float tensor), "
+                             f"got dtype {degrees.dtype}; were these elements sampled with exact=True?")
+        h, w = x.shape[-2:]
+        theta = degrees.to(device=x.device, dtype=torch.float64) * (math.pi / 180.0)
+        c, s = torch.cos(theta), torch.sin(theta)
+        # Output pixel p (centred pixel units, (x, y) = (column, row)) samples the input at
+        # R(θ) p, the sign that matches torch.rot90. affine_grid works in coordinates
+        # normalised by (W/2, H/2), so R is conjugated by that scaling.
+        mat = torch.stack([torch.stack([c, -s * (h / w), torch.zeros_like(c)], -1),
+                           torch.stack([s * (w / h), c, torch.zeros_like(c)], -1)], -2)
+        grid = F.affine_grid(mat.to(x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode=self.padding, align_corners=False)
+
+    def __repr__(self) -> str:
+        return f"Rotations(max_angle={self.max_angle}, exact={self.exact}, padding={self.padding!r})"
+
+
+def _rot90_per_sample(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``torch.rot90(x[b], k[b], dims=(-2, -1))`` for each sample, one call per distinct ``k``."""
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"Rotations(exact=True) needs square images, got H×W = {x.shape[-2]}×{x.shape[-1]}; "
+                         "use exact=false for continuous rotations")
+    if k.is_floating_point():
+        raise ValueError("Rotations(exact=True) expects integer quarter turns, got a float tensor; "
+                         "were these elements sampled with exact=False?")
+    k = (k.to("cpu") % 4).long()
+    out = torch.empty_like(x)
+    for q in range(4):
+        idx = (k == q).nonzero().flatten().to(x.device)
+        if idx.numel():
+            out[idx] = torch.rot90(x[idx], q, dims=(-2, -1))
+    return out

@@ -1,0 +1,60 @@
+r"""Circular integer shifts :math:`(T_g x)[i, j] = x[(i - g_0) \bmod H, (j - g_1) \bmod W]`."""
+from __future__ import annotations
+
+import torch
+
+from .base import Group, check_images, randint
+
+
+class Shifts(Group):
+    """Circular shifts in both image axes, one ``(dy, dx)`` per sample (``g``: ``(B, 2)`` int64).
+
+    Args:
+        max_shift: shifts are uniform integers in ``[-max_shift, max_shift]`` in each axis;
+            ``None`` (default): any shift, uniform over ``[0, H) × [0, W)`` (the whole group).
+
+    Same convention as ``torch.roll(x, shifts=(dy, dx), dims=(-2, -1))``.
+
+    Example:
+        >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+        >>> torch.equal(Shifts().apply(x, torch.tensor([[1, 2]])), torch.roll(x, (1, 2), (-2, -1)))
+        True
+    """
+
+    def __init__(self, *, max_shift: int | None = None) -> None:
+        if max_shift is not None and (isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 1):
+            raise ValueError(f"Shifts: max_shift must be an integer ≥ 1 or null (any shift), got {max_shift!r}")
+        self.max_shift = max_shift
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None,
+               img_size: tuple[int, int] | None = None) -> torch.Tensor:
+        if self.max_shift is not None:
+            return randint(-self.max_shift, self.max_shift + 1, (batch_size, 2), generator, device)
+        if img_size is None:
+            raise ValueError("Shifts(max_shift=None) samples any shift and needs img_size=(H, W); "
+                             "pass it, or set max_shift")
+        h, w = img_size
+        u = torch.rand((batch_size, 2), generator=generator, dtype=torch.float64)
+        g = (u * torch.tensor([h, w], dtype=torch.float64)).floor().long()
+        return g.to(device or "cpu")
+
+    def apply(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        check_images("Shifts", x, g)
+        return _roll_per_sample(x, g.to(x.device))
+
+    def apply_inverse(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        check_images("Shifts", x, g)
+        return _roll_per_sample(x, -g.to(x.device))
+
+    def __repr__(self) -> str:
+        return f"Shifts(max_shift={self.max_shift})"
+
+
+def _roll_per_sample(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``torch.roll`` with a different ``(dy, dx)`` per sample, by two gathers."""
+    b, c, h, w = x.shape
+    rows = (torch.arange(h, device=x.device)[None, :] - g[:, :1]) % h  # (B, H)
+    cols = (torch.arange(w, device=x.device)[None, :] - g[:, 1:]) % w  # (B, W)
+    x = torch.gather(x, 2, rows[:, None, :, None].expand(b, c, h, w))
+    return torch.gather(x, 3, cols[:, None, None, :].expand(b, c, h, w))
