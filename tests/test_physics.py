@@ -86,7 +86,7 @@ def test_norm_is_one_when_normalised(op_entry):
     _, op, unit_norm = op_entry
     if not unit_norm:
         pytest.skip("operator is not normalised")
-    assert op.norm(n_iter=200) == pytest.approx(1.0, abs=2e-3)
+    assert op.norm(n_iter=40) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_wrong_image_shape_names_expected_shape(op_entry):

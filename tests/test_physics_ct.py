@@ -50,7 +50,7 @@ def test_normalisation_only_rescales():
     x = _shepp_logan(32).float()
     raw = CTRadon(img_size=32, n_views=20, normalize=False)
     unit = CTRadon(img_size=32, n_views=20)
-    assert raw.scale == 1.0 and unit.scale == pytest.approx(raw.norm(n_iter=300), rel=1e-4)
+    assert raw.scale == 1.0 and unit.scale == pytest.approx(raw.norm(n_iter=40), rel=1e-5)
     assert torch.allclose(unit.A(x) * unit.scale, raw.A(x), rtol=1e-4, atol=1e-4)
     # A_dagger undoes the scale: same reconstruction whatever the normalisation.
     assert torch.allclose(unit.A_dagger(unit.A(x)), raw.A_dagger(raw.A(x)), atol=1e-4)
