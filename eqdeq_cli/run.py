@@ -64,6 +64,7 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
     ``{"status": "stopped", "step": n}`` when a stop was requested.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if str(cfg.resume) not in RESUME_CHOICES and not Path(str(cfg.resume)).expanduser().exists():
         raise ValueError(f"resume={cfg.resume!r}: use auto, never, or the path of a checkpoint or run directory")
     settings = trainer_settings(cfg.trainer)
@@ -164,6 +165,7 @@ def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequ
     into ``run_dir`` and returns the metrics.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt in (None, ""):
         raise UserError("eqdeq eval needs a checkpoint: eqdeq eval ckpt=PATH (a .pt file or a run directory)")
     split = str(cfg.split)

@@ -283,17 +283,19 @@ class Trainer:
                         f"(trainer.max_bad_steps={s.max_bad_steps}); the last good checkpoint is "
                         f"{self.ckpt_dir / 'last.pt'}. Lower trainer.optimizer.lr or raise trainer.grad_clip.")
                 self._log_step(numbers, bar)
-                if s.eval_every and self.step % s.eval_every == 0 and self.step < s.max_steps:
+                good = self.bad_steps == 0  # never overwrite the last good checkpoint with a suspect state
+                if good and s.eval_every and self.step % s.eval_every == 0 and self.step < s.max_steps:
                     self.validate()
                     last_eval = self.step
                     self.save("last.pt")
-                elif s.checkpoint_every and self.step % s.checkpoint_every == 0:
+                elif good and s.checkpoint_every and self.step % s.checkpoint_every == 0:
                     self.save("last.pt")
                 for callback in self.callbacks:
                     callback(self)
             if status == "completed" and last_eval != self.step and (self.step > first_step or self.step == 0):
                 self.validate()
-            self.save("last.pt")
+            if self.bad_steps == 0:
+                self.save("last.pt")
         finally:
             bar.close()
             if status == "stopped":
