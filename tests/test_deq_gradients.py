@@ -19,7 +19,7 @@ from torch import nn
 
 from eqdeq_cli.deq import DEQ, GradientSettings, HQSMap, ProxGradMap, anderson_solve, build_reconstructor, \
     fixed_point_solve
-from eqdeq_cli.physics import DenseMatrixPhysics, conjugate_gradient
+from eqdeq_cli.physics import DenseMatrixPhysics, Inpainting, LinearPhysics, MRICartesian, conjugate_gradient
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DT = torch.float64
@@ -294,3 +294,21 @@ def test_misspelt_solver_option_fails_when_building():
     cfg.solver.eval.tol = -1.0
     with pytest.raises(ValueError, match="solver.eval: tol"):
         build_reconstructor(cfg, physics, fmap.denoiser)
+
+
+@pytest.mark.parametrize("make_physics", [
+    lambda: Inpainting(img_size=8, keep_fraction=0.5),
+    lambda: MRICartesian(img_size=8, acceleration=2, center_fraction=0.25),
+], ids=["inpainting", "mri"])
+def test_hqs_uses_closed_form_prox_and_its_fixed_point_satisfies_the_definition(make_physics):
+    g = torch.Generator().manual_seed(3)
+    physics = make_physics().to(DT)
+    fmap = HQSMap(ContractiveDenoiser(generator=g), physics, step_init=0.5).to(DT)
+    assert fmap.closed_form_prox
+    y = physics.A(torch.rand(2, 1, 8, 8, generator=g, dtype=DT))
+    deq = make_deq(fmap, "implicit").eval()
+    with torch.no_grad():
+        x = deq(y)
+        # The proximal map by the generic conjugate-gradient route of the base class.
+        prox = LinearPhysics.prox_data(physics, x, y, 0.5, n_iter=200, tol=1e-14)
+        torch.testing.assert_close(fmap.denoiser(prox), x, rtol=1e-8, atol=1e-8)
