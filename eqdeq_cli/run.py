@@ -78,6 +78,7 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
     comps = build_components(cfg)
     sets = _measurement_sets(cfg, comps, ("train", "val", "test"))
     comps.deq.to(device)
+    comps.loss.to(device) if hasattr(comps.loss, "to") else None
     if settings.compile:
         comps.denoiser.compile()
     trainer = Trainer(deq=comps.deq, physics=comps.physics, group=comps.group, loss=comps.loss,

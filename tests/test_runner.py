@@ -1,0 +1,163 @@
+"""The runner end to end: every component combination, resume, evaluation, divergence."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TINY
+from eqdeq_cli import run
+from eqdeq_cli.engine.checkpoint import load_checkpoint
+from eqdeq_cli.errors import TrainingDivergedError
+
+PHYSICS = ("ct", "mri", "inpainting")
+GROUPS = ("shifts", "rotations", "reflections")
+SOLVERS = ("anderson", "fixed_point")
+GRADS = ("implicit", "jfb", "unrolled")
+
+
+def _initial_denoiser(compose_cfg, overrides):
+    """The denoiser weights a run starts from (same seed, same build order)."""
+    from eqdeq_cli.build import build_components
+    from eqdeq_cli.engine.state import seed_everything
+
+    cfg = compose_cfg(overrides)
+    seed_everything(int(cfg.seed))
+    return {k: v.clone() for k, v in build_components(cfg).deq.state_dict().items() if "physics" not in k}
+
+
+#: Nine combinations that contain every pair of options of any two groups (a pairwise cover);
+#: the full product runs with the slow tests.
+PAIRWISE = [(0, 0, 1, 0), (0, 1, 0, 2), (0, 2, 0, 1), (1, 0, 1, 2), (1, 1, 1, 1), (1, 2, 0, 0),
+            (2, 0, 0, 1), (2, 1, 1, 0), (2, 2, 1, 2)]
+ALL = list(itertools.product(PHYSICS, GROUPS, SOLVERS, GRADS))
+COVER = [(PHYSICS[p], GROUPS[g], SOLVERS[s], GRADS[r]) for p, g, s, r in PAIRWISE]
+COMBINATIONS = [pytest.param(*c, marks=[] if c in COVER else [pytest.mark.slow]) for c in ALL]
+
+
+def test_pairwise_cover_covers_every_pair():
+    for a, b in itertools.combinations(range(4), 2):
+        options = (PHYSICS, GROUPS, SOLVERS, GRADS)
+        wanted = set(itertools.product(options[a], options[b]))
+        assert {(c[a], c[b]) for c in COVER} == wanted
+
+
+@pytest.mark.parametrize("physics,group,solver,grad", COMBINATIONS)
+def test_every_combination_trains_one_step(compose_cfg, tmp_path, physics, group, solver, grad):
+    overrides = [*TINY, f"physics={physics}", f"group={group}", f"solver={solver}", f"grad={grad}"]
+    summary = run.train(compose_cfg(overrides), run_dir=tmp_path)
+    assert summary["steps"] == 1
+    assert math.isfinite(summary["psnr"]) and math.isfinite(summary["psnr_init"])
+    trained = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
+    start = _initial_denoiser(compose_cfg, overrides)
+    assert set(trained) == set(start)
+    assert all(torch.isfinite(v).all() for v in trained.values())
+    changed = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert changed, "one optimizer step left every weight unchanged"
+
+
+class StopAt:
+    """Requests a stop once the trainer has taken ``step`` steps (as a signal handler would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, trainer) -> None:
+        if trainer.step == self.step:
+            trainer.request_stop()
+
+
+def test_resume_after_interruption_gives_identical_weights(compose_cfg, tmp_path):
+    overrides = [*TINY, "trainer.max_steps=4", "trainer.eval_every=2", "trainer.scheduler.warmup_steps=2",
+                 "grad=implicit", "data.n_train=6"]  # 3 steps per epoch: the epoch boundary falls mid-run
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run.train(compose_cfg(overrides), run_dir=whole)
+    stopped = run.train(compose_cfg(overrides), run_dir=parts, callbacks=[StopAt(1)])
+    assert stopped == {"status": "stopped", "step": 1}
+    assert not (parts / "metrics.json").exists()
+    run.train(compose_cfg(overrides), run_dir=parts)  # resume=auto picks up checkpoints/last.pt
+
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")
+    b = load_checkpoint(parts / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    assert torch.equal(a["rng"]["generators"]["loss"], b["rng"]["generators"]["loss"])
+    ma = json.loads((whole / "metrics.json").read_text())
+    mb = json.loads((parts / "metrics.json").read_text())
+    assert ma["psnr"] == mb["psnr"]
+
+
+def test_resume_never_starts_again(compose_cfg, tmp_path):
+    run.train(compose_cfg([*TINY, "trainer.max_steps=2"]), run_dir=tmp_path)
+    summary = run.train(compose_cfg([*TINY, "trainer.max_steps=1", "resume=never"]), run_dir=tmp_path)
+    assert summary["steps"] == 1
+
+
+def test_resume_from_a_path(compose_cfg, tmp_path):
+    run.train(compose_cfg([*TINY, "trainer.max_steps=1"]), run_dir=tmp_path / "a")
+    summary = run.train(compose_cfg([*TINY, "trainer.max_steps=2", f"resume={tmp_path / 'a'}"]),
+                        run_dir=tmp_path / "b")
+    assert summary["steps"] == 2
+    assert load_checkpoint(tmp_path / "b")["step"] == 2
+
+
+class PoisonWeights:
+    """Sets every weight to NaN after ``step`` steps: every later loss is non-finite."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, trainer) -> None:
+        if trainer.step == self.step:
+            with torch.no_grad():
+                for p in trainer.deq.fmap.denoiser.parameters():
+                    p.fill_(float("nan"))
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(compose_cfg, tmp_path):
+    cfg = compose_cfg([*TINY, "trainer.max_steps=10", "trainer.checkpoint_every=1", "trainer.max_bad_steps=3"])
+    with pytest.raises(TrainingDivergedError, match="3 consecutive steps"):
+        run.train(cfg, run_dir=tmp_path, callbacks=[PoisonWeights(2)])
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["step"] == 2  # the last good state; the skipped steps wrote nothing
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+
+
+def test_supervised_loss_needs_images_and_gets_them(compose_cfg, tmp_path):
+    summary = run.train(compose_cfg([*TINY, "loss=supervised"]), run_dir=tmp_path)
+    assert math.isfinite(summary["psnr"])
+
+
+def test_ground_truth_is_withheld_from_unsupervised_losses(compose_cfg, tmp_path, monkeypatch):
+    from eqdeq_cli.engine import trainer as trainer_mod
+
+    seen = []
+    original = trainer_mod.Trainer.train_step
+
+    def spy(self):
+        wrapped = self.loss
+
+        def loss(f, y, physics, group, x=None, generator=None):
+            seen.append(x)
+            return wrapped(f, y, physics, group, x=x, generator=generator)
+
+        self.loss = loss
+        try:
+            return original(self)
+        finally:
+            self.loss = wrapped
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", spy)
+    run.train(compose_cfg([*TINY, "loss=ei", "trainer.max_steps=2"]), run_dir=tmp_path)
+    assert seen == [None, None]
+
+
+def test_image_size_mismatch_is_a_clear_error(compose_cfg, tmp_path):
+    with pytest.raises(ValueError, match=r"\(1, 24, 24\).*\(1, 16, 16\)"):
+        run.train(compose_cfg([*TINY, "physics.img_size=24"]), run_dir=tmp_path)
