@@ -1,0 +1,89 @@
+r"""Base class of loss terms and the normalisation they share.
+
+Every term is a per-sample squared norm (or an unbiased estimate of one), averaged over
+the batch and divided by the number of image elements ``n = C·H·W``:
+
+.. math::  L = \frac{1}{B}\sum_{b=1}^{B} \frac{1}{n}\,\|r_b\|^2 .
+
+One common constant for image-domain terms (EI, supervised) and measurement-domain terms
+(MC, SURE), so the relative weights mean what the maths says: ``L = MC + α·EI`` with
+the same ``α`` as in ``‖A x₁ − y‖² + α‖x₃ − x₂‖²``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..groups import Group
+from ..physics import LinearPhysics
+
+Reconstructor = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LossTerm(nn.Module):
+    """A weighted term of a :class:`~eqdeq_cli.losses.CompositeLoss`.
+
+    Subclasses implement :meth:`per_sample`, returning a ``(B,)`` tensor already divided
+    by ``n = C·H·W``; :meth:`forward` is its batch mean. ``weight`` is a number ≥ 0, or
+    ``"auto"`` for terms that define :meth:`auto_weight`.
+    """
+
+    needs_ground_truth: bool = False
+    supports_auto_weight: bool = False
+
+    def __init__(self, weight: float | str = 1.0) -> None:
+        super().__init__()
+        if isinstance(weight, str):
+            if weight != "auto" or not self.supports_auto_weight:
+                valid = "a number ≥ 0 or 'auto'" if self.supports_auto_weight else "a number ≥ 0"
+                raise ValueError(f"{type(self).__name__}: weight must be {valid}, got {weight!r}")
+        elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"{type(self).__name__}: weight must be a finite number ≥ 0, got {weight!r}")
+        self.weight = weight if isinstance(weight, str) else float(weight)
+        self.resolved_weight: float | None = None if isinstance(weight, str) else float(weight)
+
+    def auto_weight(self, physics: LinearPhysics) -> float:
+        raise NotImplementedError
+
+    def resolve_weight(self, physics: LinearPhysics) -> float:
+        """The numeric weight; ``"auto"`` is resolved on first use and kept in ``resolved_weight``."""
+        if self.resolved_weight is None:
+            self.resolved_weight = float(self.auto_weight(physics))
+        return self.resolved_weight
+
+    def per_sample(self, *, y: torch.Tensor, x1: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
+                   group: Group | None, x: torch.Tensor | None,
+                   generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, *, y: torch.Tensor, x1: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
+                group: Group | None = None, x: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Batch mean of :meth:`per_sample` (unweighted)."""
+        return self.per_sample(y=y, x1=x1, f=f, physics=physics, group=group, x=x, generator=generator).mean()
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight!r}"
+
+
+def sq_norm(r: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared norm ``‖r_b‖²``, shape ``(B,)``."""
+    return r.reshape(r.shape[0], -1).pow(2).sum(dim=1)
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample inner product ``⟨a_b, b_b⟩``, shape ``(B,)``."""
+    return (a * b).reshape(a.shape[0], -1).sum(dim=1)
+
+
+def image_elements(x1: torch.Tensor) -> int:
+    """``n = C·H·W`` of a batch of images."""
+    return x1[0].numel()
+
+
+def randn_like(t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``t``, drawn on the CPU from ``generator``, moved to ``t``'s device."""
+    return torch.randn(t.shape, generator=generator, dtype=t.dtype, device="cpu").to(t.device)
