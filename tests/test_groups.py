@@ -84,6 +84,11 @@ def test_shifts_match_torch_roll_and_cover_the_whole_group():
         assert torch.equal(out[b], torch.roll(x[b], tuple(g[b].tolist()), dims=(-2, -1)))
     s = Shifts().sample(4000, generator=gen(0), img_size=(5, 7))
     assert set(s[:, 0].tolist()) == set(range(5)) and set(s[:, 1].tolist()) == set(range(7))
+    # without the image size: the same elements, reduced modulo (H, W) when applied
+    big = Shifts().sample(4000, generator=gen(0))
+    assert torch.equal(big % torch.tensor([5, 7]), Shifts().sample(4000, generator=gen(0), img_size=(5, 7)))
+    assert torch.equal(Shifts().apply(x, big[:3]), Shifts().apply(x, big[:3] % torch.tensor([5, 7])))
+    assert torch.equal(Shifts().apply_inverse(Shifts().apply(x, big[:3]), big[:3]), x)
     s = Shifts(max_shift=2).sample(4000, generator=gen(0))
     assert set(s.flatten().tolist()) == {-2, -1, 0, 1, 2}
 
@@ -146,8 +151,6 @@ def test_rotation_is_differentiable():
 def test_invalid_arguments_give_clear_errors():
     with pytest.raises(ValueError, match="max_shift"):
         Shifts(max_shift=0)
-    with pytest.raises(ValueError, match="img_size"):
-        Shifts().sample(2)
     with pytest.raises(ValueError, match="max_angle"):
         Rotations(max_angle=270)
     with pytest.raises(ValueError, match="max_angle must be ≥ 90"):

@@ -20,8 +20,9 @@ class Group:
     def sample(self, batch_size: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None,
                img_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """One element per sample. ``img_size = (H, W)`` is needed by groups whose
-        range depends on the image (full-range shifts); others ignore it."""
+        """One element per sample. ``img_size = (H, W)`` is optional: groups whose range
+        depends on the image (full-range shifts) use it to return elements in canonical
+        form; every group also works without it."""
         raise NotImplementedError
 
     def apply(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

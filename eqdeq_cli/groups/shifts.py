@@ -5,13 +5,17 @@ import torch
 
 from .base import Group, check_images, randint
 
+_FULL_RANGE = 2**40
+
 
 class Shifts(Group):
     """Circular shifts in both image axes, one ``(dy, dx)`` per sample (``g``: ``(B, 2)`` int64).
 
     Args:
         max_shift: shifts are uniform integers in ``[-max_shift, max_shift]`` in each axis;
-            ``None`` (default): any shift, uniform over ``[0, H) × [0, W)`` (the whole group).
+            ``None`` (default): any shift, uniform over the whole group ``[0, H) × [0, W)``
+            (elements are in that range when ``sample`` is given ``img_size``, else large
+            integers that :meth:`apply` reduces modulo ``(H, W)``).
 
     Same convention as ``torch.roll(x, shifts=(dy, dx), dims=(-2, -1))``.
 
@@ -31,12 +35,12 @@ class Shifts(Group):
                img_size: tuple[int, int] | None = None) -> torch.Tensor:
         if self.max_shift is not None:
             return randint(-self.max_shift, self.max_shift + 1, (batch_size, 2), generator, device)
-        if img_size is None:
-            raise ValueError("Shifts(max_shift=None) samples any shift and needs img_size=(H, W); "
-                             "pass it, or set max_shift")
-        h, w = img_size
-        u = torch.rand((batch_size, 2), generator=generator, dtype=torch.float64)
-        g = (u * torch.tensor([h, w], dtype=torch.float64)).floor().long()
+        # Any shift: integers uniform in [0, 2⁴⁰), reduced modulo (H, W) — uniform over the
+        # group up to H/2⁴⁰. Reduced here when img_size is known (readable elements, the same
+        # group element either way); otherwise apply() reduces them.
+        g = randint(0, _FULL_RANGE, (batch_size, 2), generator, None)
+        if img_size is not None:
+            g = g % torch.tensor([int(img_size[0]), int(img_size[1])])
         return g.to(device or "cpu")
 
     def apply(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
