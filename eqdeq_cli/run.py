@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 #: Keys of ``eval.yaml`` that belong to the evaluation itself, not to the trained run.
 EVAL_KEYS = ("task", "ckpt", "split", "resume")
 RESUME_CHOICES = ("auto", "never")
+_ABSENT = object()
 
 
 # -- training ------------------------------------------------------------------------------
@@ -150,8 +151,8 @@ def merge_saved_config(saved: dict[str, Any], cfg: DictConfig, overrides: Sequen
         if key.startswith("hydra") or key in EVAL_KEYS or ov.is_delete():
             continue
         path = key.replace("/", ".")
-        node = OmegaConf.select(cfg, path, default=None, throw_on_missing=False)
-        if node is None and not ov.is_delete():
+        node = OmegaConf.select(cfg, path, default=_ABSENT, throw_on_missing=False)
+        if node is _ABSENT:
             log.warning("override %s has no counterpart in the run's config; ignored", ov.input_line)
             continue
         value = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
