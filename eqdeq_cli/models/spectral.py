@@ -20,10 +20,12 @@ So each wrapped conv has operator norm at most 1 (up to the power-iteration erro
 difference between the probe size and the image size, a few 1e-3 for 3×3 kernels), and a
 zero kernel stays zero (identity-at-initialisation networks keep working).
 
-The power iteration runs only when the kernel tensor has been modified in place since the
-last update (an optimizer step, ``load_state_dict``), detected through the tensor's version
-counter. Between updates the map is a fixed, deterministic function of the weights, which a
-fixed-point solver needs: the map must not change while it is being iterated.
+The power iteration runs only when the kernel has changed since the last update (an
+optimizer step): a change of the tensor's version counter triggers a comparison with the
+kernel last iterated on (a buffer), and iterations run only if they differ. Between updates
+the map is a fixed, deterministic function of the weights, which a fixed-point solver
+needs: the map must not change while it is being iterated. Both the probe and the last
+kernel are in the state dict, so a resumed run continues exactly.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class ConvOperatorNorm(nn.Module):
         g = torch.Generator(device="cpu").manual_seed(0)
         u = torch.randn((1, weight.shape[1], probe_size, probe_size), generator=g, dtype=torch.float64)
         self.register_buffer("u", (u / u.norm()).to(device=weight.device, dtype=weight.dtype))
+        self.register_buffer("weight_seen", weight.clone())
         self._seen_version = -1
         self._iterate(weight, n_init_iterations)
 
@@ -78,7 +81,10 @@ class ConvOperatorNorm(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         version = getattr(weight, "_version", None)
         if version is not None and version != self._seen_version:
-            self._iterate(weight.detach(), self.n_iterations)
+            if not torch.equal(weight.detach(), self.weight_seen.to(weight.dtype)):
+                self._iterate(weight.detach(), self.n_iterations)
+                with torch.no_grad():
+                    self.weight_seen.copy_(weight.detach())
             self._seen_version = version
         return weight / self.sigma(weight).clamp_min(1.0)
 
