@@ -106,7 +106,7 @@ def training_step(deq: DEQ, physics, y: torch.Tensor, opt: torch.optim.Optimizer
     loss = (physics.A(deq(y)) - y).pow(2).sum() / y.shape[0]
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _status_kib(field: str) -> int:
