@@ -8,6 +8,16 @@ composes ``configs/eval.yaml``; both land in :func:`task`, which dispatches on
   one line on stderr, its traceback goes to the run's log file only, exit code 1;
 * in a multirun, any failure of a job is logged with its traceback, recorded in the
   job's ``status.json``, and the sweep goes on (failures are reported at its end).
+
+Preemption: while training, SIGUSR1 / SIGUSR2 / SIGTERM stop the run at the next step
+boundary (:mod:`eqdeq_cli.engine.signals`): ``checkpoints/last.pt`` is written,
+``status.json`` says ``"stopped"``, no ``metrics.json`` is written, the handler installed
+before (submitit's requeue) is called, and the process exits with
+:data:`~eqdeq_cli.engine.signals.STOP_EXIT_CODE` (75), also in a multirun, whose later
+jobs then do not start. Running the same command again resumes (``resume=auto``).
+
+Several processes (``torchrun``, ``srun``): see :mod:`eqdeq_cli.engine.distributed`.
+Every rank uses rank 0's run directory; rank 0 alone writes files and logs to the file.
 """
 from __future__ import annotations
 
@@ -15,6 +25,7 @@ import logging
 import math
 import time
 from pathlib import Path
+import threading
 from typing import Any, Sequence
 
 import hydra
@@ -25,10 +36,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import build_components
 from .engine.checkpoint import load_checkpoint, resolve_checkpoint_path
+from .engine.distributed import Distributed, detect_launch, init_distributed, shutdown_distributed
 from .engine.evaluate import EvalResult, evaluate, save_samples
 from .engine.logs import MetricsCSV, TensorBoard
 from .engine.measurements import simulate_measurements
 from .engine.settings import eval_settings, resolve_device, trainer_settings
+from .engine.signals import STOP_EXIT_CODE, StopOnSignals
 from .engine.state import seed_everything
 from .engine.status import write_json, write_status
 from .engine.trainer import StepCallback, Trainer, format_metrics, load_model_state
@@ -58,19 +71,24 @@ def _measurement_sets(cfg: DictConfig, components: Any, splits: Sequence[str]) -
                                          seed=int(seeds[split]), split=split) for split in splits}
 
 
-def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallback] = ()) -> dict[str, Any]:
+def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallback] = (),
+          stop_event: threading.Event | None = None, dist: Distributed | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says, writing the output contract into ``run_dir``.
 
     Returns the final test metrics (also written to ``metrics.json``), or
-    ``{"status": "stopped", "step": n}`` when a stop was requested.
+    ``{"status": "stopped", "step": n}`` when a stop was requested (``stop_event`` set,
+    or a callback called ``trainer.request_stop()``). ``dist``: this process's place
+    among several training processes (all ranks call ``train`` with the same
+    ``run_dir``; rank 0 writes the files).
     """
+    dist = dist or Distributed()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if str(cfg.resume) not in RESUME_CHOICES and not Path(str(cfg.resume)).expanduser().exists():
         raise ValueError(f"resume={cfg.resume!r}: use auto, never, or the path of a checkpoint or run directory")
     settings = trainer_settings(cfg.trainer)
     es = eval_settings(cfg.evaluation)
-    device = resolve_device(settings.device)
+    device = dist.place(resolve_device(settings.device))
     config = OmegaConf.to_container(cfg, resolve=True)
     log.info("run directory: %s", run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True), extra={"file_only": True})
@@ -84,7 +102,8 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
         comps.denoiser.compile()
     trainer = Trainer(deq=comps.deq, physics=comps.physics, group=comps.group, loss=comps.loss,
                       train_data=sets["train"], val_data=sets["val"], settings=settings, eval_settings=es,
-                      run_dir=run_dir, seed=int(cfg.seed), config=config, device=device, callbacks=tuple(callbacks))
+                      run_dir=run_dir, seed=int(cfg.seed), config=config, device=device, callbacks=tuple(callbacks),
+                      dist=dist, stop_event=stop_event)
     source = _resume_source(str(cfg.resume), run_dir)
     if source is not None:
         trainer.load_state_dict(load_checkpoint(source, map_location=device))
@@ -94,10 +113,11 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
         if status == "stopped":
             return {"status": "stopped", "step": trainer.step}
         result = _evaluate_split(comps.deq, sets["test"], es, device, run_dir, "test", trainer.step,
-                                 time_s=trainer.train_time_s, tb=trainer.tb)
+                                 time_s=trainer.train_time_s, tb=trainer.tb, dist=dist)
         summary = {**result.metrics, "split": "test", "step": trainer.step, "steps": trainer.step,
                    "train_time_s": round(trainer.train_time_s, 3), "best_val": trainer.best, "status": status}
-        write_json(run_dir / "metrics.json", summary)
+        if dist.is_main:
+            write_json(run_dir / "metrics.json", summary)
         if trainer.tb is not None:
             trainer.tb.hparams(_hparams(cfg), {k: result.metrics[k] for k in ("psnr", "ssim", "meas_error")
                                                if k in result.metrics})
@@ -109,9 +129,13 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
 
 
 def _evaluate_split(deq: Any, data: Any, es: Any, device: Any, run_dir: Path, split: str, step: int,
-                    time_s: float = 0.0, tb: TensorBoard | None = None) -> EvalResult:
+                    time_s: float = 0.0, tb: TensorBoard | None = None,
+                    dist: Distributed | None = None) -> EvalResult:
+    dist = dist or Distributed()
     result = evaluate(deq, data, batch_size=es.batch_size, data_range=es.data_range, device=device,
-                      n_images=es.n_images)
+                      n_images=es.n_images, dist=dist)
+    if not dist.is_main:
+        return result
     MetricsCSV(run_dir / "metrics.csv").append(step, split, time_s, result.metrics)
     save_samples(result, png_path=run_dir / "images" / f"{split}.png",
                  h5_path=run_dir / "reconstructions" / f"{split}.h5", data_range=es.data_range)
@@ -160,12 +184,15 @@ def merge_saved_config(saved: dict[str, Any], cfg: DictConfig, overrides: Sequen
     return run_cfg
 
 
-def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequence[str] = (),
+                        dist: Distributed | None = None) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt`` on ``cfg.split`` with the run's saved config (plus ``overrides``).
 
     Writes ``metrics.json``, ``metrics.csv``, the PNG grid and HDF5 reconstructions
-    into ``run_dir`` and returns the metrics.
+    into ``run_dir`` and returns the metrics. With several processes (``dist``) the split
+    is sharded over ranks and rank 0 writes the files.
     """
+    dist = dist or Distributed()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt in (None, ""):
@@ -177,7 +204,7 @@ def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequ
     run_cfg = merge_saved_config(payload["config"], cfg, overrides)
     OmegaConf.set_struct(run_cfg, True)
     es = eval_settings(run_cfg.evaluation)
-    device = resolve_device(str(run_cfg.trainer.device))
+    device = dist.place(resolve_device(str(run_cfg.trainer.device)))
     seed_everything(int(run_cfg.seed))
     comps = build_components(run_cfg)
     try:
@@ -187,10 +214,11 @@ def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequ
     data = _measurement_sets(run_cfg, comps, (split,))[split]
     comps.deq.to(device)
     step = int(payload["step"])
-    result = _evaluate_split(comps.deq, data, es, device, run_dir, split, step)
+    result = _evaluate_split(comps.deq, data, es, device, run_dir, split, step, dist=dist)
     summary = {**result.metrics, "split": split, "step": step,
                "checkpoint": str(resolve_checkpoint_path(cfg.ckpt).resolve())}
-    write_json(run_dir / "metrics.json", summary)
+    if dist.is_main:
+        write_json(run_dir / "metrics.json", summary)
     log.info("%s (checkpoint step %d): %s", split, step, format_metrics(result.metrics))
     return summary
 
@@ -205,24 +233,64 @@ def _monitored_value(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def _start_processes(cfg: DictConfig, run_dir: Path) -> tuple[Distributed, Path]:
+    """Join the process group when launched by torchrun / srun; agree on rank 0's run directory.
+
+    Ranks other than 0 stop logging to the run's log file (rank 0 owns it) and show only
+    warnings on the console.
+    """
+    launch = detect_launch()
+    if launch is None:
+        return Distributed(), run_dir
+    device = resolve_device(str(OmegaConf.select(cfg, "trainer.device", default="auto")))
+    dist = init_distributed(device, launch)
+    shared = Path(dist.broadcast_object(str(run_dir)))
+    if not dist.is_main:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, logging.FileHandler):
+                root.removeHandler(handler)
+                handler.close()
+            else:
+                handler.setLevel(max(handler.level, logging.WARNING))
+    if shared != run_dir:
+        log.warning("rank %d: using rank 0's run directory %s instead of %s; set hydra.run.dir when launching "
+                    "several processes", dist.rank, shared, run_dir)
+    return dist, shared
+
+
 def task(cfg: DictConfig) -> float | None:
     """Run ``cfg.task`` (``train`` or ``eval``) in the Hydra run directory."""
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    overrides = list(hc.overrides.task)
     started = time.time()
-    write_status(run_dir, "running", task=str(cfg.task), overrides=list(hc.overrides.task))
+    dist, run_dir = _start_processes(cfg, Path(hc.runtime.output_dir))
+    stop = StopOnSignals()
+
+    def record(status: str, **fields: Any) -> None:
+        if dist.is_main:
+            write_status(run_dir, status, task=str(cfg.task), overrides=overrides, **fields)
+
+    clean = False
     try:
+        record("running")
         if cfg.task == "train":
-            summary = train(cfg, run_dir=run_dir)
+            with stop:  # handlers restored when training has ended and its status is recorded
+                summary = train(cfg, run_dir=run_dir, stop_event=stop.event, dist=dist)
+                status = str(summary.get("status", "completed"))
+                record(status, elapsed_s=round(time.time() - started, 3),
+                       **({"signal": stop.signal_name} if status == "stopped" else {}))
         elif cfg.task == "eval":
-            summary = evaluate_checkpoint(cfg, run_dir=run_dir, overrides=list(hc.overrides.task))
+            summary = evaluate_checkpoint(cfg, run_dir=run_dir, overrides=overrides, dist=dist)
+            status = "completed"
+            record(status, elapsed_s=round(time.time() - started, 3))
         else:
             raise ValueError(f"task={cfg.task!r}: valid tasks are train and eval")
+        clean = True
     except Exception as exc:
         message = user_error_message(exc)
-        write_status(run_dir, "failed", task=str(cfg.task), overrides=list(hc.overrides.task),
-                     error=message or f"{type(exc).__name__}: {exc}", elapsed_s=round(time.time() - started, 3))
+        record("failed", error=message or f"{type(exc).__name__}: {exc}", elapsed_s=round(time.time() - started, 3))
         if multirun:
             log.error("job %s failed: %s", run_dir, message or repr(exc), exc_info=True)
             return None
@@ -231,9 +299,13 @@ def task(cfg: DictConfig) -> float | None:
             log.error("%s", message, extra={"console_only": True})
             raise SystemExit(1) from None
         raise
-    status = str(summary.get("status", "completed"))
-    write_status(run_dir, status, task=str(cfg.task), overrides=list(hc.overrides.task),
-                 elapsed_s=round(time.time() - started, 3))
+    finally:
+        shutdown_distributed(dist, wait=clean)
+    if status == "stopped":
+        log.info("stopped at step %s (%s): run the same command again to resume; exit code %d",
+                 summary.get("step"), stop.signal_name or "stop requested", STOP_EXIT_CODE)
+        stop.chain()  # e.g. submitit's handler: requeue now that the checkpoint is on disk (it may exit)
+        raise SystemExit(STOP_EXIT_CODE)
     return _monitored_value(cfg, summary) if cfg.task == "train" else summary.get("psnr")
 
 

@@ -7,6 +7,10 @@ metrics only: the relative residual :math:`\lVert A\hat x - y\rVert / \lVert y\r
 and measurement PSNR (see :mod:`eqdeq_cli.engine.metrics`), for both.
 Always: mean forward iterations, mean final residual, the fraction of samples whose
 solve converged, and the number of non-finite solves.
+
+On several processes (``dist``) each rank evaluates a contiguous shard of the split
+(rank 0 the first items) and the per-sample sums and counts are added over ranks, so
+every rank returns the metrics of the whole split. Samples come from rank 0's shard.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 
 from ..data import TensorDictDataset
 from ..deq import DEQ
+from .distributed import Distributed, shard_range
 from .metrics import measurement_psnr, psnr, relative_error, ssim
 
 log = logging.getLogger(__name__)
@@ -37,43 +42,51 @@ def _ssim_window(img_size: int) -> int:
     return w if w % 2 == 1 else w - 1
 
 
+IMAGE_METRICS = ("psnr", "ssim", "psnr_init", "ssim_init")
+MEASUREMENT_METRICS = ("meas_error", "meas_psnr", "meas_error_init", "meas_psnr_init")
+
+
 @torch.no_grad()
 def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: float,
-             device: torch.device, n_images: int = 8) -> EvalResult:
+             device: torch.device, n_images: int = 8, dist: Distributed | None = None) -> EvalResult:
     """Evaluate ``deq`` (in eval mode, with its eval solver) on every item of ``data``.
 
     Returns means over the split of: ``psnr``, ``ssim``, ``psnr_init``, ``ssim_init``
     (with ground truth) or ``meas_error``, ``meas_psnr`` and their ``_init`` versions
     (without); ``iters_mean``, ``residual_mean``, ``converged_frac``, ``nonfinite``;
     and ``n`` (number of samples). ``samples`` holds ``x`` (if any), ``y``, ``x_init``,
-    ``x_hat`` for the first ``n_images`` items, on the CPU.
+    ``x_hat`` for the first ``n_images`` items (of rank 0's shard), on the CPU.
     """
     if data_range <= 0:
         raise ValueError(f"eval data_range must be > 0, got {data_range}")
+    dist = dist or Distributed()
     was_training = deq.training
     deq.eval()
     physics = deq.fmap.physics
     tensors = data.tensors
     n = len(data)
-    sums: dict[str, float] = {}
-    iters: list[float] = []
+    shard = shard_range(n, dist.rank, dist.world_size)
+    names = IMAGE_METRICS if "x" in tensors else MEASUREMENT_METRICS
+    sums = {k: 0.0 for k in names}
+    iters = 0.0
     residuals: list[torch.Tensor] = []
     converged: list[torch.Tensor] = []
     nonfinite = 0
     kept: dict[str, list[torch.Tensor]] = {}
     try:
-        for start in range(0, n, batch_size):
-            y = tensors["y"][start:start + batch_size].to(device)
+        for first in range(shard.start, shard.stop, batch_size):
+            start, stop = first - shard.start, min(first + batch_size, shard.stop)  # start: index in the shard
+            y = tensors["y"][first:stop].to(device)
             x_init = physics.A_dagger(y)
             x_hat = deq(y)
             stats = deq.last_stats.forward
-            iters.extend([float(stats.iterations)] * y.shape[0])
+            iters += float(stats.iterations) * y.shape[0]
             residuals.append(stats.residual.detach().double().cpu())
             converged.append(stats.converged.detach().cpu())
             nonfinite += int(stats.nonfinite)
             values: dict[str, torch.Tensor] = {}
             if "x" in tensors:
-                x = tensors["x"][start:start + batch_size].to(device)
+                x = tensors["x"][first:stop].to(device)
                 xh, x0 = x_hat.clamp(0, data_range), x_init.clamp(0, data_range)
                 window = _ssim_window(min(x.shape[-2:]))
                 values["psnr"] = psnr(xh, x, data_range)
@@ -92,18 +105,26 @@ def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: 
                 take = min(n_images - start, y.shape[0])
                 batch = {"y": y, "x_init": x_init, "x_hat": x_hat}
                 if "x" in tensors:
-                    batch["x"] = tensors["x"][start:start + take]
+                    batch["x"] = tensors["x"][first:first + take]
                 for k, v in batch.items():
                     kept.setdefault(k, []).append(v[:take].detach().float().cpu())
     finally:
         deq.train(was_training)
-    metrics = {k: v / n for k, v in sums.items()}
-    res = torch.cat(residuals)
+    res = torch.cat(residuals) if residuals else torch.zeros(0, dtype=torch.float64)
+    finite = torch.isfinite(res)
+    n_converged = float(torch.cat(converged).sum()) if converged else 0.0
+    local = torch.tensor([*(sums[k] for k in names), iters, float(res[finite].sum()), float(finite.sum()),
+                          n_converged, float(nonfinite), float(len(shard))], dtype=torch.float64)
+    total = dist.all_reduce_sum(local).tolist()
+    *image_sums, iters_sum, res_sum, res_count, conv_count, nonfinite_sum, count = total
+    if count != n:
+        raise RuntimeError(f"evaluation covered {count:.0f} of {n} samples: the ranks' shards disagree")
+    metrics = {k: v / n for k, v in zip(names, image_sums)}
     metrics.update(
-        iters_mean=sum(iters) / n,
-        residual_mean=float(res[torch.isfinite(res)].mean()) if torch.isfinite(res).any() else float("nan"),
-        converged_frac=float(torch.cat(converged).float().mean()),
-        nonfinite=float(nonfinite),
+        iters_mean=iters_sum / n,
+        residual_mean=res_sum / res_count if res_count > 0 else float("nan"),
+        converged_frac=conv_count / n,
+        nonfinite=nonfinite_sum,
         n=float(n),
     )
     return EvalResult(metrics=metrics, samples={k: torch.cat(v) for k, v in kept.items()})

@@ -6,6 +6,13 @@ x=x if loss.needs_ground_truth else None, generator=loss_generator)``, backpropa
 clip, step the optimizer and the schedule. Everything that decides what happens next
 (weights, optimizer, schedule, step, RNG states, best metric) is in the checkpoint, so a
 resumed run continues exactly as an uninterrupted one would.
+
+On several processes (:mod:`eqdeq_cli.engine.distributed`) each rank takes its slice of
+the same global batch, draws the loss's randomness for the global batch and keeps its
+slice, and gradients are averaged over ranks before clipping; every decision (skip a
+non-finite step, stop on a signal or on the time cap) is taken jointly, so the ranks
+never disagree on the step. Rank 0 alone writes checkpoints, ``metrics.csv``,
+TensorBoard and images; evaluation is sharded and reduced over ranks.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from ..deq import DEQ
 from ..errors import TrainingDivergedError
 from ..physics.base import LinearPhysics
 from .checkpoint import save_checkpoint
+from .distributed import Distributed, GlobalBatchDraws, rank_slice
 from .evaluate import EvalResult, evaluate, save_samples
 from .logs import MetricsCSV, TensorBoard
 from .metrics import psnr
@@ -81,22 +89,28 @@ class Trainer:
         seed: seeds the data order and the loss generator.
         config: the resolved run config as plain data (stored in checkpoints).
         callbacks: called after every step with the trainer (e.g. to request a stop).
+        dist: this process's place among the training processes (default: alone).
+        stop_event: an event to watch (e.g. :class:`~eqdeq_cli.engine.signals.StopOnSignals`'s);
+            a fresh one by default.
 
     ``stop_event``: set it (from a signal handler, another thread or a callback) to make
-    the loop stop at the next step boundary after writing ``checkpoints/last.pt``.
+    the loop stop at the next step boundary after writing ``checkpoints/last.pt``. With
+    several processes, a stop requested on any rank stops all of them at the same step.
     """
 
     def __init__(self, *, deq: DEQ, physics: LinearPhysics, group: Any, loss: Any,
                  train_data: TensorDictDataset, val_data: TensorDictDataset | None,
                  settings: TrainerSettings, eval_settings: EvalSettings, run_dir: Path, seed: int,
                  config: dict[str, Any], device: torch.device,
-                 callbacks: tuple[StepCallback, ...] = ()) -> None:
+                 callbacks: tuple[StepCallback, ...] = (), dist: Distributed | None = None,
+                 stop_event: threading.Event | None = None) -> None:
         self.deq, self.physics, self.group, self.loss = deq, physics, group, loss
         self.train_data, self.val_data = train_data, val_data
         self.settings, self.eval_settings = settings, eval_settings
         self.run_dir, self.seed, self.config, self.device = Path(run_dir), int(seed), config, device
         self.callbacks = tuple(callbacks)
-        self.stop_event = threading.Event()
+        self.dist = dist or Distributed()
+        self.stop_event = stop_event or threading.Event()
         self.uses_ground_truth = bool(getattr(loss, "needs_ground_truth", False))
         if self.uses_ground_truth and "x" not in train_data.tensors:
             raise ValueError("the loss needs ground truth (supervised) but the training data has no images; "
@@ -105,6 +119,8 @@ class Trainer:
         if n < settings.batch_size:
             raise ValueError(f"trainer.batch_size={settings.batch_size} exceeds the {n} training samples")
         self.steps_per_epoch = n // settings.batch_size
+        self.rank_rows = rank_slice(settings.batch_size, self.dist.rank, self.dist.world_size)
+        self.dist.broadcast_parameters(deq.parameters())
         self.params = [p for p in deq.parameters() if p.requires_grad]
         self.optimizer = instantiate(settings.optimizer)(self.params)
         self.scheduler = instantiate(settings.scheduler)(self.optimizer, max_steps=settings.max_steps)
@@ -141,11 +157,15 @@ class Trainer:
         self.train_time_s = float(payload.get("train_time_s", 0.0))
 
     def save(self, name: str) -> Path:
-        return save_checkpoint(self.ckpt_dir / name, self.state_dict())
+        """Write ``checkpoints/<name>`` (rank 0 only; the state is the same on every rank)."""
+        path = self.ckpt_dir / name
+        if self.dist.is_main:
+            save_checkpoint(path, self.state_dict())
+        return path
 
     # -- one step ----------------------------------------------------------------------
     def batch_indices(self, step: int) -> torch.Tensor:
-        """Indices of the samples used at ``step`` (a pure function of seed and step)."""
+        """Indices of the global batch of ``step`` (a pure function of seed and step)."""
         epoch, i = divmod(step, self.steps_per_epoch)
         order = data_order(len(self.train_data), self.seed, epoch)
         bs = self.settings.batch_size
@@ -156,22 +176,38 @@ class Trainer:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _draws(self) -> contextlib.AbstractContextManager:
+        """Global-batch random draws of the loss on several processes (see :class:`GlobalBatchDraws`)."""
+        if not self.dist.enabled:
+            return contextlib.nullcontext()
+        rows = self.rank_rows
+        return GlobalBatchDraws(generator=self.loss_generator, local_batch=rows.stop - rows.start,
+                                global_batch=self.settings.batch_size, offset=rows.start,
+                                gather=self.dist.all_gather_batch)
+
     def train_step(self) -> dict[str, float]:
-        """One optimizer step (or a skipped one); returns the numbers to log."""
-        idx = self.batch_indices(self.step)
+        """One optimizer step (or a skipped one); returns the numbers to log.
+
+        The loss values are means over the global batch; solver numbers and the training
+        PSNR are this rank's.
+        """
+        idx = self.batch_indices(self.step)[self.rank_rows]
         y = self.train_data.tensors["y"][idx].to(self.device)
         x = self.train_data.tensors["x"][idx].to(self.device) if "x" in self.train_data.tensors else None
         f = _RecordFirstOutput(self.deq)
         self.deq.pop_stats()
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self._autocast(), self._draws():
             total, terms = self.loss(f, y, self.physics, self.group,
                                      x=x if self.uses_ground_truth else None, generator=self.loss_generator)
-        out: dict[str, float] = {"loss": float(total.detach())}
-        out.update({f"loss_{k}": float(v) for k, v in terms.items()})
-        finite = math.isfinite(out["loss"])
+        values = torch.tensor([float(total.detach()), *(float(v) for v in terms.values())], dtype=torch.float64)
+        values = self.dist.all_reduce_sum(values) / self.dist.world_size
+        out: dict[str, float] = {"loss": float(values[0])}
+        out.update({f"loss_{k}": float(v) for k, v in zip(terms, values[1:])})
+        finite = math.isfinite(out["loss"])  # a non-finite loss on any rank makes the mean non-finite
         if finite:
             total.backward()
+            self.dist.average_gradients(self.params)
             if self.settings.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
             else:
@@ -224,17 +260,18 @@ class Trainer:
             return None
         es = self.eval_settings
         result = evaluate(self.deq, self.val_data, batch_size=es.batch_size, data_range=es.data_range,
-                          device=self.device, n_images=es.n_images)
+                          device=self.device, n_images=es.n_images, dist=self.dist)
         m = result.metrics
-        self.csv.append(self.step, "val", self.train_time_s, m)
-        if self.tb is not None:
-            self.tb.scalars("val", m, self.step)
-            if "x_hat" in result.samples:
-                self.tb.images("val/reconstruction", result.samples["x_hat"], self.step, es.data_range)
-        stem = f"val_step{self.step:06d}"
-        save_samples(result, png_path=self.run_dir / "images" / f"{stem}.png",
-                     h5_path=self.run_dir / "reconstructions" / f"{stem}.h5", data_range=es.data_range)
-        log.info("step %d val: %s", self.step, format_metrics(m))
+        if self.dist.is_main:
+            self.csv.append(self.step, "val", self.train_time_s, m)
+            if self.tb is not None:
+                self.tb.scalars("val", m, self.step)
+                if "x_hat" in result.samples:
+                    self.tb.images("val/reconstruction", result.samples["x_hat"], self.step, es.data_range)
+            stem = f"val_step{self.step:06d}"
+            save_samples(result, png_path=self.run_dir / "images" / f"{stem}.png",
+                         h5_path=self.run_dir / "reconstructions" / f"{stem}.h5", data_range=es.data_range)
+            log.info("step %d val: %s", self.step, format_metrics(m))
         monitor, mode = self._monitor(m)
         value = m[monitor]
         best = self.best["value"]
@@ -260,19 +297,20 @@ class Trainer:
         consecutive non-finite steps, leaving the last good checkpoint in place.
         """
         s = self.settings
-        self.tb = TensorBoard(self.run_dir / "tb", enabled=s.tensorboard)
+        self.tb = TensorBoard(self.run_dir / "tb", enabled=s.tensorboard and self.dist.is_main)
         self.deq.train()
-        bar = _progress(total=s.max_steps, initial=self.step, enabled=s.progress)
+        bar = _progress(total=s.max_steps, initial=self.step, enabled=s.progress and self.dist.is_main)
         status = "completed"
         last_eval = -1
         first_step = self.step
         try:
             start = time.perf_counter() - self.train_time_s
             while self.step < s.max_steps:
-                if self.stop_event.is_set():
+                stop, out_of_time = self._stop_flags()
+                if stop:
                     status = "stopped"
                     break
-                if s.max_minutes is not None and self.train_time_s >= 60.0 * s.max_minutes:
+                if out_of_time:
                     log.info("trainer.max_minutes=%s reached at step %d", s.max_minutes, self.step)
                     break
                 numbers = self.train_step()
@@ -301,6 +339,14 @@ class Trainer:
             if status == "stopped":
                 log.info("stop requested: wrote %s at step %d", self.ckpt_dir / "last.pt", self.step)
         return status
+
+    def _stop_flags(self) -> tuple[bool, bool]:
+        """(stop requested, time cap reached), on any rank: one small all-reduce per step."""
+        cap = self.settings.max_minutes
+        flags = torch.tensor([float(self.stop_event.is_set()),
+                              float(cap is not None and self.train_time_s >= 60.0 * cap)], dtype=torch.float64)
+        flags = self.dist.all_reduce_sum(flags)
+        return bool(flags[0] > 0), bool(flags[1] > 0)
 
     def _log_step(self, numbers: dict[str, float], bar: Any) -> None:
         if self.tb is not None and (self.step % max(1, self.settings.log_every) == 0 or self.step == 1):
