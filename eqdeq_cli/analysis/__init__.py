@@ -7,10 +7,11 @@ from .contraction import convergence_rate, lipschitz_estimate, spectral_norm_per
 from .equivariance import disc_mask, equivariance_error, measure_then_reconstruct
 from .identifiability import identifiability, identifiability_warning, nullspace_component
 from .jacobian import jacobian_asymmetry, jacobian_spectrum
+from .preflight import check_group
 
 __all__ = [
     "equivariance_error", "measure_then_reconstruct", "disc_mask",
     "jacobian_asymmetry", "jacobian_spectrum",
     "lipschitz_estimate", "spectral_norm_per_sample", "convergence_rate",
-    "identifiability", "identifiability_warning", "nullspace_component",
+    "identifiability", "identifiability_warning", "nullspace_component", "check_group",
 ]

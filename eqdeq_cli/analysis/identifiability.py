@@ -176,21 +176,25 @@ def _default_alternatives(group: Group) -> dict[str, Group]:
 def identifiability_warning(physics: LinearPhysics, group: Group, n_samples: int = 8,
                             generator: torch.Generator | None = None, threshold: float = 0.05,
                             alternatives: Mapping[str, Group] | None = None,
-                            report: Mapping[str, Any] | None = None) -> str | None:
+                            report: Mapping[str, Any] | None = None, cg_iter: int = 200,
+                            dtype: torch.dtype = torch.float64) -> str | None:
     """A message explaining why ``group`` cannot work with ``physics``, or None if it can.
 
     Runs :func:`identifiability` (or uses ``report``) and, when transformed nullspace
     images stay invisible, evaluates ``alternatives`` (name → group; default: the
     built-in groups with their default settings) to name those that would work.
+    ``cg_iter`` and ``dtype`` are passed to :func:`identifiability`.
     """
     if report is None:
-        report = identifiability(physics, group, n_samples=n_samples, generator=generator, threshold=threshold)
+        report = identifiability(physics, group, n_samples=n_samples, generator=generator, threshold=threshold,
+                                 cg_iter=cg_iter, dtype=dtype)
     if report["identifiable"]:
         return None
     cands = _default_alternatives(group) if alternatives is None else dict(alternatives)
     working = []
     for name, cand in cands.items():
-        r = identifiability(physics, cand, n_samples=n_samples, generator=generator, threshold=threshold)
+        r = identifiability(physics, cand, n_samples=n_samples, generator=generator, threshold=threshold,
+                            cg_iter=cg_iter, dtype=dtype)
         if r["identifiable"]:
             working.append(f"{name} (ρ = {r['rho_mean']:.2f})")
     if working:

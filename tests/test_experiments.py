@@ -1,0 +1,170 @@
+"""Experiment presets of the comparison: they compose, build, differ only where they should,
+train for a step, and the identifiability preflight accepts their groups."""
+from __future__ import annotations
+
+import math
+import pytest
+import torch
+
+from conftest import CONFIG_DIR, TINY
+from eqdeq_cli import run
+from eqdeq_cli.analysis.preflight import check_group, ei_terms
+from eqdeq_cli.build import build_components, build_data, build_denoiser, build_group, build_loss, build_physics
+from eqdeq_cli.data import PhantomData
+
+TASKS = {  # task -> (operator class, group class of the EI presets)
+    "ct": ("CTRadon", "Rotations"),
+    "mri": ("MRICartesian", "Rotations"),
+    "inpainting": ("Inpainting", "Shifts"),
+}
+METHODS = {  # method -> (loss terms, gradient mode)
+    "ei_implicit": ({"mc", "ei"}, "implicit"),
+    "ei_jfb": ({"mc", "ei"}, "jfb"),
+    "ei_unrolled": ({"mc", "ei"}, "unrolled"),
+    "mc": ({"mc"}, "implicit"),
+    "supervised": ({"supervised"}, "implicit"),
+}
+PRESETS = [f"{t}_{m}" for t in TASKS for m in METHODS]
+
+
+def _target_class(node) -> str:
+    return str(node._target_).rsplit(".", 1)[-1]
+
+
+def test_the_preset_folder_holds_exactly_the_comparison():
+    names = {p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")}
+    assert names == set(PRESETS) | {"mri_ei_rotations"}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_composes_to_its_task_and_method(compose_cfg, preset):
+    task, method = preset.split("_", 1)
+    cfg = compose_cfg([f"experiment={preset}"])
+    physics_cls, group_cls = TASKS[task]
+    terms, mode = METHODS[method]
+    assert _target_class(cfg.physics) == physics_cls
+    assert _target_class(cfg.group) == group_cls
+    assert set(cfg.loss.terms) == terms
+    assert cfg.grad.mode == mode
+    assert _target_class(cfg.model) == "DnCNN" and _target_class(cfg.data) == "PhantomData"
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_presets_of_a_task_differ_only_in_loss_and_gradient(compose_cfg, task):
+    """Same data, operator, group, model, solver and training budget: a fair comparison."""
+    cfgs = {m: compose_cfg([f"experiment={task}_{m}"]) for m in METHODS}
+    for key in ("data", "physics", "group", "model", "map", "solver", "trainer", "evaluation", "seed"):
+        values = {m: str(c[key]) for m, c in cfgs.items()}
+        assert len(set(values.values())) == 1, f"{key} differs between {task} presets: {values}"
+
+
+def test_ct_presets_keep_the_default_run_size(compose_cfg):
+    default = compose_cfg([])
+    for method in METHODS:
+        cfg = compose_cfg([f"experiment=ct_{method}"])
+        for key in ("data", "physics", "model", "solver", "trainer"):
+            assert cfg[key] == default[key], f"ct_{method} changes {key} of the default run"
+
+
+def test_the_old_mri_preset_name_is_the_implicit_preset(compose_cfg):
+    assert compose_cfg(["experiment=mri_ei_rotations"]) == compose_cfg(["experiment=mri_ei_implicit"])
+
+
+#: Presets built and trained in the default suite; the others run with the slow tests (the
+#: runner's own tests already cover every gradient mode and operator).
+FAST = {"ct_ei_implicit", "ct_supervised", "mri_ei_implicit", "inpainting_ei_implicit"}
+
+
+def _marked(presets):
+    return [pytest.param(p, marks=[] if p in FAST else [pytest.mark.slow]) for p in presets]
+
+
+@pytest.mark.parametrize("preset", _marked(PRESETS))
+def test_preset_builds(compose_cfg, preset):
+    """Every component of the preset builds (on 32-pixel phantoms, to stay fast)."""
+    task, method = preset.split("_", 1)
+    comps = build_components(compose_cfg([f"experiment={preset}", "data=tiny"]))
+    assert type(comps.physics).__name__ == TASKS[task][0]
+    assert type(comps.group).__name__ == TASKS[task][1]
+    assert set(comps.loss.terms) == METHODS[method][0]
+    assert comps.deq.grad == METHODS[method][1]
+    assert comps.loss.needs_ground_truth == (method == "supervised")
+
+
+@pytest.mark.parametrize("preset", _marked(f"ct_{m}" for m in METHODS))
+def test_each_method_trains_a_step_on_tiny_data(compose_cfg, tmp_path, preset):
+    summary = run.train(compose_cfg([f"experiment={preset}", *TINY]), run_dir=tmp_path)
+    assert summary["steps"] == 1
+    assert math.isfinite(summary["psnr"]) and math.isfinite(summary["psnr_init"])
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["mri", "inpainting"])
+def test_other_tasks_train_a_step_on_tiny_data(compose_cfg, tmp_path, task):
+    summary = run.train(compose_cfg([f"experiment={task}_ei_implicit", *TINY]), run_dir=tmp_path)
+    assert summary["steps"] == 1 and math.isfinite(summary["psnr"])
+
+
+def test_paper_scale_enlarges_a_preset(compose_cfg):
+    base = compose_cfg(["experiment=ct_ei_implicit"])
+    paper = compose_cfg(["experiment=ct_ei_implicit", "+scale=paper"])
+    assert paper.data.img_size == 128 and paper.physics.img_size == 128
+    assert paper.data.n_train > base.data.n_train
+    assert paper.model.width > base.model.width and paper.model.depth > base.model.depth
+    assert paper.trainer.max_steps > base.trainer.max_steps and paper.trainer.max_minutes is None
+    # only sizes and budgets change: the method is the preset's
+    for key in ("loss", "grad", "group", "map"):
+        assert paper[key] == base[key]
+    assert paper.physics.n_views == base.physics.n_views
+
+
+def test_paper_scale_builds(compose_cfg, tmp_path):
+    cfg = compose_cfg(["experiment=ct_ei_implicit", "+scale=paper", f"data.cache_dir={tmp_path}"])
+    physics = build_physics(cfg, PhantomData(img_size=128, n_train=1, n_val=1, n_test=1, cache_dir=tmp_path))
+    assert tuple(physics.img_shape) == (1, 128, 128)
+    denoiser = build_denoiser(cfg, channels=1)
+    x = torch.rand(1, 1, 128, 128)
+    assert denoiser(x).shape == x.shape
+
+
+# -- identifiability preflight through the real configs -------------------------------------
+def _physics_group_loss(compose_cfg, overrides):
+    """The preset's operator (at 32 pixels), group and loss."""
+    cfg = compose_cfg([*overrides, "data=tiny"])
+    data = build_data(cfg)
+    return build_physics(cfg, data), build_group(cfg), build_loss(cfg)
+
+
+def test_preflight_warns_for_mri_with_shifts(compose_cfg):
+    physics, group, loss = _physics_group_loss(compose_cfg, ["experiment=mri_ei_implicit", "group=shifts"])
+    message = check_group(physics, group, loss)
+    assert message is not None
+    assert "Shifts" in message and "MRICartesian" in message and "rotations" in message
+
+
+@pytest.mark.parametrize("preset", ["ct_ei_implicit", "mri_ei_implicit", "inpainting_ei_implicit"])
+def test_preflight_accepts_the_ei_presets(compose_cfg, preset):
+    physics, group, loss = _physics_group_loss(compose_cfg, [f"experiment={preset}"])
+    assert ei_terms(loss) == ["ei"]
+    assert check_group(physics, group, loss) is None
+
+
+def test_preflight_ignores_losses_without_an_ei_term(compose_cfg):
+    """MC-only and supervised runs do not use the group: no warning even for MRI × shifts."""
+    for preset in ("mri_mc", "mri_supervised"):
+        physics, group, loss = _physics_group_loss(compose_cfg, [f"experiment={preset}", "group=shifts"])
+        assert ei_terms(loss) == []
+        assert check_group(physics, group, loss) is None
+
+
+def test_preflight_ignores_an_ei_term_of_weight_zero(compose_cfg):
+    physics, group, loss = _physics_group_loss(
+        compose_cfg, ["experiment=mri_ei_implicit", "group=shifts", "loss.terms.ei.weight=0"])
+    assert check_group(physics, group, loss) is None
+
+
+def test_preflight_needs_a_group_for_ei(compose_cfg):
+    physics, _, loss = _physics_group_loss(compose_cfg, ["experiment=inpainting_ei_implicit"])
+    with pytest.raises(ValueError, match="group"):
+        check_group(physics, None, loss)
