@@ -242,10 +242,7 @@ def _start_processes(cfg: DictConfig, run_dir: Path) -> tuple[Distributed, Path]
     launch = detect_launch()
     if launch is None:
         return Distributed(), run_dir
-    device = resolve_device(str(OmegaConf.select(cfg, "trainer.device", default="auto")))
-    dist = init_distributed(device, launch)
-    shared = Path(dist.broadcast_object(str(run_dir)))
-    if not dist.is_main:
+    if launch.rank != 0:
         root = logging.getLogger()
         for handler in list(root.handlers):
             if isinstance(handler, logging.FileHandler):
@@ -253,6 +250,9 @@ def _start_processes(cfg: DictConfig, run_dir: Path) -> tuple[Distributed, Path]
                 handler.close()
             else:
                 handler.setLevel(max(handler.level, logging.WARNING))
+    device = resolve_device(str(OmegaConf.select(cfg, "trainer.device", default="auto")))
+    dist = init_distributed(device, launch)
+    shared = Path(dist.broadcast_object(str(run_dir)))
     if shared != run_dir:
         log.warning("rank %d: using rank 0's run directory %s instead of %s; set hydra.run.dir when launching "
                     "several processes", dist.rank, shared, run_dir)
