@@ -22,7 +22,10 @@ counted under ``failures``; it does not stop the collection.
 
 Outputs (``--out PREFIX``, default ``DIR/results``): ``PREFIX.csv`` (one row per group),
 ``PREFIX.md`` (the same as a Markdown table, followed by the list of failed jobs) and
-``PREFIX_jobs.csv`` (one row per job).
+``PREFIX_jobs.csv`` (one row per job). With ``--figure``, also the method comparison of
+:mod:`eqdeq_cli.compare`: ``PREFIX_comparison.md`` (PSNR/SSIM, time, iterations, the
+``A†y`` baseline, analysis columns) and ``PREFIX_figure.png`` (reconstructions side by side).
+Jobs analysed by ``eqdeq analyze`` contribute their ``analysis.json`` summary as ``an_*`` metrics.
 """
 from __future__ import annotations
 
@@ -268,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed-key", default="seed", help="the override averaged over (default: seed)")
     parser.add_argument("--quiet", action="store_true", help="do not print the Markdown table")
+    parser.add_argument("--figure", action="store_true",
+                        help="also write PREFIX_comparison.md (methods vs the A†y baseline) and PREFIX_figure.png "
+                        "(ground truth, A†y and each method's reconstruction, one seed per method)")
+    parser.add_argument("--n-images", type=int, default=4, help="test images in the figure (default: 4)")
     return parser
 
 
@@ -287,6 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     markdown = table.to_markdown()
     paths[1].write_text(markdown)
     table.write_jobs_csv(paths[2])
+    if args.figure:
+        from .compare import comparison_figure, comparison_markdown
+
+        comparison = comparison_markdown(table)
+        paths += (Path(f"{prefix}_comparison.md"), Path(f"{prefix}_figure.png"))
+        paths[3].write_text(comparison)
+        try:
+            comparison_figure(table, paths[4], n_images=args.n_images, seed_key=args.seed_key)
+        except (FileNotFoundError, KeyError, ValueError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"eqdeq collect: error: {message}", file=sys.stderr)
+            return 1
+        markdown = comparison
     if not args.quiet:
         sys.stdout.write(markdown)
     sys.stderr.write(

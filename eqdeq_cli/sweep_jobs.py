@@ -1,7 +1,8 @@
 """Reading the job directories of a sweep (the run output contract) for ``eqdeq collect``.
 
 A job directory holds ``.hydra/overrides.yaml``, ``.hydra/config.yaml``, ``metrics.json``
-and ``status.json``; :func:`read_job` turns one into a :class:`JobResult` and never raises
+and ``status.json``, and ``analysis.json`` once ``eqdeq analyze`` has run on it (its
+``"summary"`` scalars become metrics named ``an_<key>``); :func:`read_job` turns one into a :class:`JobResult` and never raises
 for a broken job: what went wrong is kept in ``JobResult.error``.
 """
 from __future__ import annotations
@@ -103,6 +104,8 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
         except (json.JSONDecodeError, ValueError) as exc:
             status = "failed"
             errors.append(f"unreadable metrics.json: {exc}")
+    if status == "ok":
+        metrics.update(read_analysis_summary(job_dir))
     if status != "ok":
         log.info("job %s failed: %s", rel, "; ".join(errors))
     return JobResult(
@@ -113,6 +116,25 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
         status=status,
         error="; ".join(errors) if status != "ok" else None,
     )
+
+
+#: Prefix of the metrics read from a job's ``analysis.json``.
+ANALYSIS_PREFIX = "an_"
+
+
+def read_analysis_summary(job_dir: Path) -> dict[str, float]:
+    """``{"an_<key>": value}`` from the ``"summary"`` of ``job_dir/analysis.json`` (``{}`` when
+    the file is absent; an unreadable file is logged and skipped, it does not fail the job)."""
+    path = job_dir / "analysis.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        summary = data.get("summary", {}) if isinstance(data, dict) else {}
+        return {f"{ANALYSIS_PREFIX}{k}": v for k, v in flatten_metrics(summary).items()}
+    except (json.JSONDecodeError, ValueError) as exc:
+        log.warning("skipping unreadable %s: %s", path, exc)
+        return {}
 
 
 def parse_overrides(items: Sequence[Any]) -> dict[str, str]:

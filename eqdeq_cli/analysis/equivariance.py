@@ -72,7 +72,10 @@ def equivariance_error(fn: Fn, group: Group, x: torch.Tensor, n_elements: int = 
     Returns:
         ``{"mean", "std", "max"}`` over all pairs, ``"per_element"`` (list of
         ``n_elements`` batch means), ``"per_sample"`` (list of ``B`` means over draws),
-        ``"n_elements"``, ``"batch_size"`` — plain floats and lists, ready for JSON.
+        ``"per_pair"`` (``n_elements × B`` nested list), ``"elements"`` (the sampled
+        elements ``g`` of each draw as nested lists, ``n_elements × B × …``, e.g.
+        rotation angles in degrees), ``"n_elements"``, ``"batch_size"`` — plain floats
+        and lists, ready for JSON.
     """
     if n_elements < 1:
         raise ValueError(f"n_elements must be >= 1, got {n_elements}")
@@ -80,9 +83,10 @@ def equivariance_error(fn: Fn, group: Group, x: torch.Tensor, n_elements: int = 
         raise ValueError(f"x must be images (B, C, H, W), got shape {tuple(x.shape)}")
     w = 1.0 if mask is None else mask.to(device=x.device, dtype=x.dtype)
     fx = fn(x)
-    errors = []
+    errors, elements = [], []
     for _ in range(n_elements):
         g = group.sample(x.shape[0], generator=generator, device=x.device)
+        elements.append(g.detach().cpu().tolist())
         lhs = fn(group.apply(x, g))
         rhs = group.apply(fx, g)
         errors.append(bnorm((lhs - rhs) * w) / bnorm(rhs * w).clamp_min(eps))
@@ -93,6 +97,8 @@ def equivariance_error(fn: Fn, group: Group, x: torch.Tensor, n_elements: int = 
         "max": float(e.max()),
         "per_element": e.mean(dim=1).tolist(),
         "per_sample": e.mean(dim=0).tolist(),
+        "per_pair": e.tolist(),
+        "elements": elements,
         "n_elements": n_elements,
         "batch_size": int(x.shape[0]),
     }
