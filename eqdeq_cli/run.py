@@ -34,6 +34,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from .analysis import check_group
 from .build import build_components
 from .engine.checkpoint import load_checkpoint, resolve_checkpoint_path
 from .engine.distributed import Distributed, detect_launch, init_distributed, shutdown_distributed
@@ -95,6 +96,8 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
 
     seed_everything(int(cfg.seed))
     comps = build_components(cfg)
+    if dist.is_main and (warning := check_group(comps.physics, comps.group, comps.loss)):
+        log.warning("%s", warning)
     sets = _measurement_sets(cfg, comps, ("train", "val", "test"))
     comps.deq.to(device)
     comps.loss.to(device) if hasattr(comps.loss, "to") else None

@@ -161,3 +161,15 @@ def test_ground_truth_is_withheld_from_unsupervised_losses(compose_cfg, tmp_path
 def test_image_size_mismatch_is_a_clear_error(compose_cfg, tmp_path):
     with pytest.raises(ValueError, match=r"\(1, 24, 24\).*\(1, 16, 16\)"):
         run.train(compose_cfg([*TINY, "physics.img_size=24"]), run_dir=tmp_path)
+
+
+@pytest.mark.parametrize("physics, group, warns", [("mri", "shifts", True), ("mri", "rotations", False),
+                                                   ("inpainting", "shifts", False)])
+def test_training_warns_when_the_group_cannot_teach_ei(compose_cfg, tmp_path, caplog, physics, group, warns):
+    with caplog.at_level("WARNING", logger="eqdeq_cli.run"):
+        run.train(compose_cfg([*TINY, f"physics={physics}", f"group={group}"]),
+                  run_dir=tmp_path)
+    warned = [r.getMessage() for r in caplog.records if "nullspace" in r.getMessage()]
+    assert bool(warned) == warns
+    if warns:
+        assert "rotations" in warned[0]
