@@ -18,7 +18,7 @@ HYDRA_COMMANDS = {
 }
 MODULE_COMMANDS = {
     "collect": ("eqdeq_cli.collect", "tabulate the metrics of a sweep directory (eqdeq collect DIR)"),
-    "analyze": ("eqdeq_cli.analyze", "analyse a trained denoiser: equivariance, Jacobian symmetry"),
+    "analyze": ("eqdeq_cli.analyze", "analyse a trained model: equivariance, Jacobian symmetry, contraction (eqdeq analyze ckpt=PATH)"),
 }
 
 USAGE = """usage: eqdeq <command> [arguments]
