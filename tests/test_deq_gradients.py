@@ -209,6 +209,21 @@ def test_eval_mode_uses_the_eval_solver_and_builds_no_graph():
         torch.testing.assert_close(fmap(x, ctx), x, rtol=1e-9, atol=1e-9)
 
 
+def test_unrolled_model_is_evaluated_with_its_own_iterations():
+    """An unrolled network is K iterations from A†y in training and in evaluation alike."""
+    fmap, _, y = make_problem()
+    deq = make_deq(fmap, "unrolled", unroll_steps=3,
+                   eval_solver=functools.partial(anderson_solve, max_iter=200, tol=1e-10)).eval()
+    with torch.no_grad():
+        x = deq(y)
+        ctx = fmap.prepare(y)
+        z = fmap.init(y)
+        for _ in range(3):
+            z = fmap(z, ctx)
+    assert deq.last_stats.forward.iterations == 3
+    torch.testing.assert_close(x, z, rtol=0, atol=0)
+
+
 def test_warm_start_reuses_the_previous_solution():
     fmap, _, y = make_problem()
     deq = make_deq(fmap, "jfb", forward_solver=functools.partial(anderson_solve, max_iter=200, tol=1e-9),

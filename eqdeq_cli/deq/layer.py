@@ -17,8 +17,10 @@ next call's input, as in equivariant imaging) backpropagate with plain autograd.
 Double backward (``create_graph=True``) through the implicit mode is not supported.
 
 In training mode the forward solve uses ``forward_solver``; in eval mode it uses
-``eval_solver`` whatever the gradient mode (the model *is* the fixed point; the mode
-only says how training differentiates it).
+``eval_solver`` for the implicit and JFB modes (the model *is* the fixed point; the mode
+only says how training differentiates it). An unrolled model is a network of
+``unroll_steps`` iterations, trained and evaluated as such: its map is not trained to
+have a useful fixed point, so solving it to convergence would evaluate another model.
 """
 from __future__ import annotations
 
@@ -169,7 +171,7 @@ class DEQ(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         ctx: MapContext = self.fmap.prepare(y)
         tracking = torch.is_grad_enabled()
-        if self.training and self.grad == "unrolled" and tracking:
+        if self.grad == "unrolled":
             return self._unrolled(y, ctx)
 
         solver = self.forward_solver if self.training else self.eval_solver
