@@ -22,11 +22,18 @@ from eqdeq_cli.collect import collect
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-HAS_SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
-HAS_OPTUNA = (
-    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
-    and importlib.util.find_spec("optuna") is not None
-)
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (False also when a parent package is missing)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+HAS_SUBMITIT = _installed("hydra_plugins.hydra_submitit_launcher")
+HAS_OPTUNA = _installed("hydra_plugins.hydra_optuna_sweeper") and _installed("optuna")
 needs_submitit = pytest.mark.skipif(not HAS_SUBMITIT, reason='needs the slurm extra: pip install "eqdeq[slurm]"')
 needs_optuna = pytest.mark.skipif(not HAS_OPTUNA, reason='needs the optuna extra: pip install "eqdeq[optuna]"')
 
