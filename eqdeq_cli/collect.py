@@ -224,12 +224,20 @@ def collect(
         for m in chosen:
             vals = [j.metrics[m] for j in ok if m in j.metrics]
             if vals:
-                std = statistics.stdev(vals) if len(vals) > 1 else None
-                summaries[m] = Summary(mean=statistics.fmean(vals), std=std, n=len(vals))
+                summaries[m] = _summarise(vals)
         table.rows.append(
             GroupRow(values=value, n=len(ok), failures=len(members) - len(ok), summaries=summaries)
         )
     return table
+
+
+def _summarise(vals: list[float]) -> Summary:
+    """Mean and sample std; a non-finite value (a metric that could not be measured) makes
+    the mean NaN and the std undefined, rather than hiding the job."""
+    if not all(math.isfinite(v) for v in vals):
+        return Summary(mean=float("nan"), std=None, n=len(vals))
+    std = statistics.stdev(vals) if len(vals) > 1 else None
+    return Summary(mean=statistics.fmean(vals), std=std, n=len(vals))
 
 
 def _ordered_metrics(names: set[str]) -> list[str]:

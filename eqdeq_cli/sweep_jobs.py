@@ -140,8 +140,9 @@ def read_analysis_summary(job_dir: Path) -> dict[str, float]:
 def parse_overrides(items: Sequence[Any]) -> dict[str, str]:
     """``["grad=jfb", "+debug=smoke"]`` → ``{"grad": "jfb", "debug": "smoke"}``.
 
-    The key loses Hydra's ``+``, ``++`` and ``~`` prefixes; the value is kept as typed.
-    A deletion (``~key``) maps to ``"~"``.
+    The key loses Hydra's ``+``, ``++`` and ``~`` prefixes; the value is kept as typed,
+    except booleans, which Hydra reads case-insensitively (``False`` and ``false`` are the
+    same value) and which are written in lower case. A deletion (``~key``) maps to ``"~"``.
     """
     if not isinstance(items, list):
         raise ValueError(f"expected a list of overrides, got {type(items).__name__}")
@@ -152,7 +153,7 @@ def parse_overrides(items: Sequence[Any]) -> dict[str, str]:
         if text.startswith("~"):
             out[key.lstrip("~")] = "~"
         elif sep:
-            out[key.lstrip("+")] = value
+            out[key.lstrip("+")] = value.lower() if value.lower() in ("true", "false") else value
         else:
             raise ValueError(f"override {text!r} is not of the form key=value")
     return out

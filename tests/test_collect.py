@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -229,3 +230,18 @@ def test_main_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.Ca
     write_job(tmp_path / "s" / "0", ["seed=0"], {"psnr": 1.0})
     assert main([str(tmp_path / "s"), "--metrics", "lpips"]) == 1
     assert "metric(s) ['lpips'] not found" in capsys.readouterr().err
+
+
+def test_non_finite_metric_gives_nan_mean_not_a_crash(tmp_path: Path) -> None:
+    write_job(tmp_path / "0", ["seed=0"], {"psnr": 30.0, "rate": float("nan")})
+    write_job(tmp_path / "1", ["seed=1"], {"psnr": 32.0, "rate": 0.5})
+    (row,) = collect(tmp_path).rows
+    assert row.summaries["psnr"].mean == 31.0
+    assert math.isnan(row.summaries["rate"].mean) and row.summaries["rate"].std is None
+
+
+def test_boolean_overrides_in_any_case_are_one_value(tmp_path: Path) -> None:
+    write_job(tmp_path / "0", ["grad=jfb", "trainer.progress=False", "seed=0"], {"psnr": 30.0})
+    write_job(tmp_path / "1", ["grad=jfb", "trainer.progress=false", "seed=1"], {"psnr": 32.0})
+    (row,) = collect(tmp_path).rows
+    assert row.n == 2 and row.summaries["psnr"].mean == 31.0
