@@ -26,14 +26,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .analysis.report import AnalysisSettings, analyze_deq, plot_analysis
-from .build import build_components
-from .engine.checkpoint import load_checkpoint, resolve_checkpoint_path
+from .engine.checkpoint import resolve_checkpoint_path
 from .engine.measurements import simulate_measurements
 from .engine.settings import resolve_device
-from .engine.state import seed_everything
 from .engine.status import write_json
-from .engine.trainer import load_model_state
-from .errors import CheckpointError, UserError, user_error_message
+from .errors import UserError, user_error_message
 from .sweep_jobs import find_job_dirs
 
 log = logging.getLogger(__name__)
@@ -80,7 +77,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
     Writes ``analysis.json`` and ``analysis.png`` into ``out_dir`` and returns the report
     (plus ``checkpoint``, ``step`` and ``split``).
     """
-    from .run import merge_saved_config
+    from .run import restore_run
 
     options = OmegaConf.to_container(cfg.analysis, resolve=True) if "analysis" in cfg else {}
     options.pop("out", None)
@@ -89,18 +86,8 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
     except TypeError as exc:
         raise KeyError(f"unknown analysis option: {exc}; valid: {', '.join(AnalysisSettings.__dataclass_fields__)}, out") from None
     split = str(cfg.split)
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split={split!r} is not a split; valid: train, val, test")
-    payload = load_checkpoint(ckpt)
-    run_cfg = merge_saved_config(payload["config"], cfg, _run_overrides(overrides))
-    OmegaConf.set_struct(run_cfg, True)
+    run_cfg, comps, payload = restore_run(ckpt, cfg, _run_overrides(overrides), split)
     device = resolve_device(str(run_cfg.trainer.device))
-    seed_everything(int(run_cfg.seed))
-    comps = build_components(run_cfg)
-    try:
-        load_model_state(comps.deq, payload["model"])
-    except ValueError as exc:
-        raise CheckpointError(f"{ckpt}: {exc}") from exc
     data = simulate_measurements(comps.data.split(split), comps.physics,
                                  seed=int(run_cfg.measurement_seeds[split]), split=split)
     n = min(settings.n_images, len(data))

@@ -187,6 +187,28 @@ def merge_saved_config(saved: dict[str, Any], cfg: DictConfig, overrides: Sequen
     return run_cfg
 
 
+def restore_run(ckpt: str | Path, cfg: DictConfig, overrides: Sequence[str],
+                split: str) -> tuple[DictConfig, Any, dict[str, Any]]:
+    """Rebuild a trained run from its checkpoint, for evaluation or analysis of ``split``.
+
+    Returns ``(run_cfg, components, payload)``: the config saved in the checkpoint with
+    ``overrides`` applied from ``cfg``, the components built from it (seeded as the run
+    was) with the checkpoint's weights loaded, and the checkpoint itself.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split={split!r} is not a split; valid: train, val, test")
+    payload = load_checkpoint(ckpt)
+    run_cfg = merge_saved_config(payload["config"], cfg, overrides)
+    OmegaConf.set_struct(run_cfg, True)
+    seed_everything(int(run_cfg.seed))
+    comps = build_components(run_cfg)
+    try:
+        load_model_state(comps.deq, payload["model"])
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt}: {exc}") from exc
+    return run_cfg, comps, payload
+
+
 def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequence[str] = (),
                         dist: Distributed | None = None) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt`` on ``cfg.split`` with the run's saved config (plus ``overrides``).
@@ -201,19 +223,9 @@ def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequ
     if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt in (None, ""):
         raise UserError("eqdeq eval needs a checkpoint: eqdeq eval ckpt=PATH (a .pt file or a run directory)")
     split = str(cfg.split)
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split={split!r} is not a split; valid: train, val, test")
-    payload = load_checkpoint(cfg.ckpt)
-    run_cfg = merge_saved_config(payload["config"], cfg, overrides)
-    OmegaConf.set_struct(run_cfg, True)
+    run_cfg, comps, payload = restore_run(cfg.ckpt, cfg, overrides, split)
     es = eval_settings(run_cfg.evaluation)
     device = dist.place(resolve_device(str(run_cfg.trainer.device)))
-    seed_everything(int(run_cfg.seed))
-    comps = build_components(run_cfg)
-    try:
-        load_model_state(comps.deq, payload["model"])
-    except ValueError as exc:
-        raise CheckpointError(f"{cfg.ckpt}: {exc}") from exc
     data = _measurement_sets(run_cfg, comps, (split,))[split]
     comps.deq.to(device)
     step = int(payload["step"])
