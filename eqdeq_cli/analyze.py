@@ -27,7 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from .analysis.report import AnalysisSettings, analyze_deq, plot_analysis
 from .engine.checkpoint import resolve_checkpoint_path
-from .engine.measurements import simulate_measurements
 from .engine.settings import resolve_device
 from .engine.status import write_json
 from .errors import UserError, user_error_message
@@ -77,7 +76,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
     Writes ``analysis.json`` and ``analysis.png`` into ``out_dir`` and returns the report
     (plus ``checkpoint``, ``step`` and ``split``).
     """
-    from .run import restore_run
+    from .run import measurement_sets, restore_run
 
     options = OmegaConf.to_container(cfg.analysis, resolve=True) if "analysis" in cfg else {}
     options.pop("out", None)
@@ -88,8 +87,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
     split = str(cfg.split)
     run_cfg, comps, payload = restore_run(ckpt, cfg, _run_overrides(overrides), split)
     device = resolve_device(str(run_cfg.trainer.device))
-    data = simulate_measurements(comps.data.split(split), comps.physics,
-                                 seed=int(run_cfg.measurement_seeds[split]), split=split)
+    data = measurement_sets(run_cfg, comps, (split,))[split]
     n = min(settings.n_images, len(data))
     y = data.tensors["y"][:n].to(device)
     x = data.tensors["x"][:n].to(device) if "x" in data.tensors else None

@@ -66,7 +66,9 @@ def _resume_source(resume: str, run_dir: Path) -> Path | None:
     return resolve_checkpoint_path(resume)
 
 
-def _measurement_sets(cfg: DictConfig, components: Any, splits: Sequence[str]) -> dict[str, Any]:
+def measurement_sets(cfg: DictConfig, components: Any, splits: Sequence[str]) -> dict[str, Any]:
+    """The run's fixed measurement sets ``{split: dataset of {"y"} or {"x", "y"}}``, simulated
+    from the split's images with the seeds of ``cfg.measurement_seeds``."""
     seeds = cfg.measurement_seeds
     return {split: simulate_measurements(components.data.split(split), components.physics,
                                          seed=int(seeds[split]), split=split) for split in splits}
@@ -98,7 +100,7 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
     comps = build_components(cfg)
     if dist.is_main and (warning := check_group(comps.physics, comps.group, comps.loss)):
         log.warning("%s", warning)
-    sets = _measurement_sets(cfg, comps, ("train", "val", "test"))
+    sets = measurement_sets(cfg, comps, ("train", "val", "test"))
     comps.deq.to(device)
     comps.loss.to(device) if hasattr(comps.loss, "to") else None
     if settings.compile:
@@ -226,7 +228,7 @@ def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequ
     run_cfg, comps, payload = restore_run(cfg.ckpt, cfg, overrides, split)
     es = eval_settings(run_cfg.evaluation)
     device = dist.place(resolve_device(str(run_cfg.trainer.device)))
-    data = _measurement_sets(run_cfg, comps, (split,))[split]
+    data = measurement_sets(run_cfg, comps, (split,))[split]
     comps.deq.to(device)
     step = int(payload["step"])
     result = _evaluate_split(comps.deq, data, es, device, run_dir, split, step, dist=dist)
