@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from .analysis.report import AnalysisSettings, analyze_deq, plot_analysis
 from .engine.checkpoint import resolve_checkpoint_path
 from .engine.settings import resolve_device
-from .engine.status import write_json
+from .utils.files import write_json
 from .errors import UserError, user_error_message
 from .sweep_jobs import find_job_dirs
 

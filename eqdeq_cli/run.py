@@ -44,7 +44,8 @@ from .engine.measurements import simulate_measurements
 from .engine.settings import eval_settings, resolve_device, trainer_settings
 from .engine.signals import STOP_EXIT_CODE, StopOnSignals
 from .engine.state import seed_everything
-from .engine.status import write_json, write_status
+from .engine.status import write_status
+from .utils.files import write_json
 from .engine.trainer import StepCallback, Trainer, format_metrics, load_model_state
 from .errors import CheckpointError, UserError, user_error_message
 

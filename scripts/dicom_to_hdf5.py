@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,6 +40,8 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from eqdeq_cli.utils.files import atomic_path
 
 log = logging.getLogger("dicom_to_hdf5")
 SPLITS = ("train", "val", "test")
@@ -139,19 +139,11 @@ def assign_splits(series: Sequence[str], val_fraction: float, test_fraction: flo
 
 def write_hdf5(out: Path, splits: dict[str, np.ndarray], key: str, attrs: dict[str, Any]) -> None:
     """Write non-empty splits as groups ``<split>/<key>``, atomically (temporary file + rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(attrs)
-            for split, arr in splits.items():
-                if len(arr):
-                    f.create_dataset(f"{split}/{key}", data=arr.astype(np.float32))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(attrs)
+        for split, arr in splits.items():
+            if len(arr):
+                f.create_dataset(f"{split}/{key}", data=arr.astype(np.float32))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,13 +28,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
+from ..utils.files import atomic_path
 from .base import SPLITS, DataSource, TensorDictDataset, check_split_name, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -200,18 +200,10 @@ class PhantomData(DataSource):
         return images
 
     def _write_atomic(self, arrays: dict[str, np.ndarray]) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=self.cache_path.name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["params"] = self._params_json()
-                for s, v in arrays.items():
-                    f.create_dataset(s, data=v)
-            os.replace(tmp, self.cache_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(self.cache_path) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["params"] = self._params_json()
+            for s, v in arrays.items():
+                f.create_dataset(s, data=v)
 
     # -- interface ----------------------------------------------------------------
     def split(self, name: str) -> TensorDictDataset:

@@ -10,13 +10,13 @@ config as plain containers), ``best`` (best monitored value and its step),
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
+from ..utils.files import atomic_write
 
 #: Version of the checkpoint layout; bumped when it changes incompatibly.
 FORMAT = 1
@@ -28,20 +28,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
     A crash while writing leaves the previous file at ``path`` intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_write(path, "wb") as fh:
+        torch.save({"format": FORMAT, **payload}, fh)
+    return Path(path)
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:

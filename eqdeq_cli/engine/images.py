@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ..utils.files import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,6 @@ def to_display(x: torch.Tensor) -> np.ndarray:
     if c == 3:
         return x.permute(0, 2, 3, 1).numpy()
     raise ValueError(f"cannot display images with {c} channels; supported: 1 (grey), 2 (complex: magnitude), 3 (RGB)")
-
-
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
 
 
 def save_image_grid(path: str | os.PathLike, columns: Mapping[str, torch.Tensor], data_range: float = 1.0,
@@ -109,14 +105,8 @@ def save_image_grid(path: str | os.PathLike, columns: Mapping[str, torch.Tensor]
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0, j].set_title(f"{name} [0, {vmax:.3g}]" if is_err else name, fontsize=9)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
     log.debug("wrote image grid %s (%d rows × %d columns)", path, n_rows, n_cols)
     return path
 
@@ -132,20 +122,13 @@ def save_reconstructions_h5(path: str | os.PathLike, **arrays: torch.Tensor | np
     path = Path(path)
     if not arrays:
         raise ValueError("save_reconstructions_h5 needs at least one array, e.g. x_hat=...")
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, value in arrays.items():
-                a = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-                is_complex = np.iscomplexobj(a)
-                if is_complex:
-                    a = np.stack([a.real, a.imag], axis=-1)
-                ds = f.create_dataset(name, data=a.astype(np.float32), compression="gzip",
-                                      chunks=True if a.ndim > 0 and a.size > 0 else None)
-                ds.attrs["complex"] = is_complex
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, value in arrays.items():
+            a = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            is_complex = np.iscomplexobj(a)
+            if is_complex:
+                a = np.stack([a.real, a.imag], axis=-1)
+            ds = f.create_dataset(name, data=a.astype(np.float32), compression="gzip",
+                                  chunks=True if a.ndim > 0 and a.size > 0 else None)
+            ds.attrs["complex"] = is_complex
     return path

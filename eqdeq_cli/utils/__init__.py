@@ -1,0 +1,1 @@
+"""Small helpers used across the package: atomic files, strict argument checks, seeded draws."""
