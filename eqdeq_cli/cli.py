@@ -1,24 +1,28 @@
-"""The ``eqdeq`` command: a subcommand, then Hydra's command line.
+"""The ``eqdeq`` command: a subcommand, then that command's own command line.
 
-``eqdeq train [overrides]`` and ``eqdeq eval ckpt=PATH [overrides]`` hand everything
-after the subcommand to the Hydra app of :mod:`eqdeq_cli.run`, so ``--help``,
-``--cfg job``, ``-m`` and ``-sc`` (shell completion) work as in any Hydra app.
-``eqdeq collect`` and ``eqdeq analyze`` are imported only when used.
+Each command is a module of :mod:`eqdeq_cli.commands` with ``main(argv) -> exit status``,
+imported only when used. ``train``, ``eval`` and ``analyze`` are Hydra apps: everything
+after the subcommand is Hydra's command line, so ``--help``, ``--cfg job``, ``-m`` and
+``-sc`` (shell completion) work as in any Hydra app.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
+#: Commands whose line completion is Hydra's (``eqdeq train -sc install=bash``).
 HYDRA_COMMANDS = {
     "train": "train a DEQ reconstructor (eqdeq train [group=option ...] [key=value ...])",
     "eval": "evaluate a checkpoint (eqdeq eval ckpt=PATH [overrides])",
 }
-MODULE_COMMANDS = {
-    "collect": ("eqdeq_cli.collect", "tabulate the metrics of a sweep directory (eqdeq collect DIR)"),
-    "analyze": ("eqdeq_cli.analyze", "analyse a trained model: equivariance, Jacobian symmetry, contraction (eqdeq analyze ckpt=PATH)"),
+#: Every command: its module and its line in ``eqdeq --help``.
+COMMANDS = {
+    "train": ("eqdeq_cli.commands.train", HYDRA_COMMANDS["train"]),
+    "eval": ("eqdeq_cli.commands.eval", HYDRA_COMMANDS["eval"]),
+    "collect": ("eqdeq_cli.commands.collect", "tabulate the metrics of a sweep directory (eqdeq collect DIR)"),
+    "analyze": ("eqdeq_cli.commands.analyze", "analyse a trained model: equivariance, Jacobian symmetry, contraction (eqdeq analyze ckpt=PATH)"),
 }
 
 USAGE = """usage: eqdeq <command> [arguments]
@@ -38,30 +42,12 @@ Shell completion (bash): eval "$(eqdeq train -sc install=bash)"
 
 
 def _usage() -> str:
-    rows = {**HYDRA_COMMANDS, **{k: v[1] for k, v in MODULE_COMMANDS.items()}}
-    return USAGE.format(commands="\n".join(f"  {name:<9}{text}" for name, text in rows.items()))
+    return USAGE.format(commands="\n".join(f"  {name:<9}{text}" for name, (_, text) in COMMANDS.items()))
 
 
-def _run_hydra(command: str, args: Sequence[str], prog: str) -> int:
-    from . import run
-
-    app: Callable[[], None] = run.train_app if command == "train" else run.eval_app
-    saved = sys.argv
-    sys.argv = [prog, *args]
-    try:
-        app()
-    except SystemExit as exc:
-        code = exc.code
-        if code is None:
-            return 0
-        return code if isinstance(code, int) else 1
-    finally:
-        sys.argv = saved
-    return 0
-
-
-def _run_module(command: str, args: Sequence[str]) -> int:
-    module_name = MODULE_COMMANDS[command][0]
+def _run(command: str, args: Sequence[str], prog: str | None = None) -> int:
+    """Run ``command``'s ``main`` on ``args`` (``prog``: the program name Hydra shows)."""
+    module_name = COMMANDS[command][0]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -70,7 +56,8 @@ def _run_module(command: str, args: Sequence[str]) -> int:
         sys.stderr.write(f"eqdeq: error: the '{command}' command is not available in this installation "
                          f"({module_name} is missing)\n")
         return 2
-    return int(module.main(list(args)) or 0)
+    main_args = (list(args),) if prog is None else (list(args), prog)
+    return int(module.main(*main_args) or 0)
 
 
 def _completion_query(prog: str, args: Sequence[str]) -> int:
@@ -84,13 +71,13 @@ def _completion_query(prog: str, args: Sequence[str]) -> int:
     typing_command = len(words) < 2 or (len(words) == 2 and not line.endswith(" "))
     if typing_command:
         prefix = words[1] if len(words) == 2 else ""
-        names = [c for c in (*HYDRA_COMMANDS, *MODULE_COMMANDS) if c.startswith(prefix)]
+        names = [c for c in COMMANDS if c.startswith(prefix)]
         sys.stdout.write(" ".join(names) + "\n")
         return 0
     if words[1] not in HYDRA_COMMANDS:
         return 0
     os.environ["COMP_LINE"] = line.replace(words[1], "", 1)
-    return _run_hydra(words[1], args, prog)
+    return _run(words[1], args, prog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,13 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command in ("-sc", "--shell-completion") or command.startswith("--shell-completion="):
-        return _completion_query(prog, args) if any("query=" in a for a in args) else _run_hydra("train", args, prog)
+        return _completion_query(prog, args) if any("query=" in a for a in args) else _run("train", args, prog)
     if command in HYDRA_COMMANDS:
-        return _run_hydra(command, rest, prog)
-    if command in MODULE_COMMANDS:
-        return _run_module(command, rest)
+        return _run(command, rest, prog)
+    if command in COMMANDS:
+        return _run(command, rest)
     sys.stderr.write(f"eqdeq: error: unknown command {command!r}; valid commands: "
-                     f"{', '.join([*HYDRA_COMMANDS, *MODULE_COMMANDS])} (see eqdeq --help)\n")
+                     f"{', '.join(COMMANDS)} (see eqdeq --help)\n")
     return 2
 
 

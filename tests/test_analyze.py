@@ -14,11 +14,12 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import CONFIG_DIR, TINY
-from eqdeq_cli import cli, run
+from eqdeq_cli import cli
+from eqdeq_cli.runs import train as run
 from eqdeq_cli.analysis.report import SUMMARY_KEYS, AnalysisSettings, analyze_deq
-from eqdeq_cli.collect import collect
-from eqdeq_cli.collect import main as collect_main
-from eqdeq_cli.compare import comparison_figure, comparison_markdown
+from eqdeq_cli.sweeps.table import collect
+from eqdeq_cli.commands.collect import main as collect_main
+from eqdeq_cli.sweeps.compare import comparison_figure, comparison_markdown
 from eqdeq_cli.deq import DEQ, ProxGradMap, fixed_point_solve
 from eqdeq_cli.engine.images import save_reconstructions_h5
 from eqdeq_cli.groups import Shifts

@@ -164,3 +164,14 @@ def test_console_script_multirun_sweep(cache_dir, tmp_path):
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["steps"] == 1
         assert (sweep / job / "checkpoints" / "last.pt").is_file()
+
+
+def test_help_of_a_hydra_command_does_not_import_the_library():
+    """``eqdeq train --help`` only composes configs: torch is imported when a job runs."""
+    code = ("import sys, contextlib, io\n"
+            "from eqdeq_cli import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert cli.main(['train', '--help']) == 0\n"
+            "assert 'torch' not in sys.modules, 'torch imported for --help'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr

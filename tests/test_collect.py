@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from eqdeq_cli import collect as collect_mod
-from eqdeq_cli.collect import Summary, collect, format_summary, main
+from eqdeq_cli.commands.collect import main
+from eqdeq_cli.sweeps import jobs as collect_mod
+from eqdeq_cli.sweeps.table import Summary, collect, format_summary
 
 PSNR = {  # (grad, seed) -> psnr
     ("implicit", 0): 28.10,

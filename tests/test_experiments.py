@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import CONFIG_DIR, TINY
-from eqdeq_cli import run
+from eqdeq_cli.runs import train as run
 from eqdeq_cli.analysis.preflight import check_group, ei_terms
-from eqdeq_cli.build import build_components, build_data, build_denoiser, build_group, build_loss, build_physics
+from eqdeq_cli.components import build_components, build_data, build_denoiser, build_group, build_loss, build_physics
 from eqdeq_cli.data import PhantomData
 
 TASKS = {  # task -> (operator class, group class of the EI presets)

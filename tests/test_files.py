@@ -41,7 +41,7 @@ def test_checkpoints_status_and_images_respect_the_umask(tmp_path, umask_022):
 
     from eqdeq_cli.engine.checkpoint import save_checkpoint
     from eqdeq_cli.engine.images import save_image_grid, save_reconstructions_h5
-    from eqdeq_cli.engine.status import write_status
+    from eqdeq_cli.runs.status import write_status
 
     paths = [save_checkpoint(tmp_path / "last.pt", {"model": {}, "step": 0, "config": {}}),
              write_status(tmp_path, "completed"),

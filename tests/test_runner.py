@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from eqdeq_cli import run
+from eqdeq_cli.runs import train as run
 from eqdeq_cli.engine.checkpoint import load_checkpoint
 from eqdeq_cli.errors import TrainingDivergedError
 
@@ -21,7 +21,7 @@ GRADS = ("implicit", "jfb", "unrolled")
 
 def _initial_denoiser(compose_cfg, overrides):
     """The denoiser weights a run starts from (same seed, same build order)."""
-    from eqdeq_cli.build import build_components
+    from eqdeq_cli.components import build_components
     from eqdeq_cli.engine.state import seed_everything
 
     cfg = compose_cfg(overrides)
@@ -154,7 +154,7 @@ def test_image_size_mismatch_is_a_clear_error(compose_cfg, tmp_path):
 @pytest.mark.parametrize("physics, group, warns", [("mri", "shifts", True), ("mri", "rotations", False),
                                                    ("inpainting", "shifts", False)])
 def test_training_warns_when_the_group_cannot_teach_ei(compose_cfg, tmp_path, caplog, physics, group, warns):
-    with caplog.at_level("WARNING", logger="eqdeq_cli.run"):
+    with caplog.at_level("WARNING", logger="eqdeq_cli.runs.train"):
         run.train(compose_cfg([*TINY, f"physics={physics}", f"group={group}"]),
                   run_dir=tmp_path)
     warned = [r.getMessage() for r in caplog.records if "nullspace" in r.getMessage()]

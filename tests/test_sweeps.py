@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from eqdeq_cli.collect import collect
+from eqdeq_cli.sweeps.table import collect
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -198,7 +198,7 @@ def runner_ready() -> str | None:
     if not HAS_SUBMITIT:
         return 'needs the slurm extra: pip install "eqdeq[slurm]"'
     try:
-        import eqdeq_cli.run  # noqa: F401
+        import eqdeq_cli.runs.train  # noqa: F401
     except ImportError as exc:
         return f"the runner is not importable yet: {exc}"
     try:

@@ -5,7 +5,8 @@ A checkpoint is a dict of plain data and tensors:
 ``model``, ``optimizer``, ``scheduler`` (state dicts), ``step`` (optimizer steps
 taken), ``rng`` (see :mod:`eqdeq_cli.engine.state`), ``config`` (the resolved run
 config as plain containers), ``best`` (best monitored value and its step),
-``bad_steps``, ``train_time_s`` and ``format`` (:data:`FORMAT`).
+``bad_steps``, ``train_time_s`` and ``format`` (:data:`FORMAT`). The model's state is
+:func:`model_state`: the learned tensors only, without the operator's buffers.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from typing import Any
 
 import torch
 
+from ..deq import DEQ
 from ..errors import CheckpointError
+from ..physics.base import LinearPhysics
 from ..utils.files import atomic_write
 
 #: Version of the checkpoint layout; bumped when it changes incompatibly.
@@ -63,3 +66,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if payload.get("format", 0) > FORMAT:
         raise CheckpointError(f"{str(p)!r} was written by a newer eqdeq (format {payload['format']} > {FORMAT})")
     return payload
+
+
+def model_state(deq: DEQ) -> dict[str, torch.Tensor]:
+    """``deq.state_dict()`` without the physics' buffers (rebuilt from the config, never learned)."""
+    prefixes = tuple(f"{name}." for name, m in deq.named_modules() if isinstance(m, LinearPhysics) and name)
+    return {k: v for k, v in deq.state_dict().items() if not k.startswith(prefixes)}
+
+
+def load_model_state(deq: DEQ, state: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`model_state` dict; every learned tensor must be present and match."""
+    missing, unexpected = deq.load_state_dict(state, strict=False)
+    learned = set(model_state(deq))
+    missing = [k for k in missing if k in learned]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the model built from the config: missing {missing[:5]}, "
+                         f"unexpected {list(unexpected)[:5]} (was it trained with another model / map?)")

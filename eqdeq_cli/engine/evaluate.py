@@ -23,7 +23,9 @@ import torch
 from ..data import TensorDictDataset
 from ..deq import DEQ
 from .distributed import Distributed, shard_range
+from .logs import MetricsCSV, TensorBoard, progress_bar
 from .metrics import measurement_psnr, psnr, relative_error, ssim
+from .settings import EvalSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ MEASUREMENT_METRICS = ("meas_error", "meas_psnr", "meas_error_init", "meas_psnr_
 
 @torch.no_grad()
 def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: float,
-             device: torch.device, n_images: int = 8, dist: Distributed | None = None) -> EvalResult:
+             device: torch.device, n_images: int = 8, dist: Distributed | None = None,
+             progress: bool = False, desc: str = "eval") -> EvalResult:
     """Evaluate ``deq`` (in eval mode, with its eval solver) on every item of ``data``.
 
     Returns means over the split of: ``psnr``, ``ssim``, ``psnr_init``, ``ssim_init``
@@ -56,6 +59,7 @@ def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: 
     (without); ``iters_mean``, ``residual_mean``, ``converged_frac``, ``nonfinite``;
     and ``n`` (number of samples). ``samples`` holds ``x`` (if any), ``y``, ``x_init``,
     ``x_hat`` for the first ``n_images`` items (of rank 0's shard), on the CPU.
+    ``progress``: show a progress bar over the samples (rank 0 only), titled ``desc``.
     """
     if data_range <= 0:
         raise ValueError(f"eval data_range must be > 0, got {data_range}")
@@ -73,6 +77,7 @@ def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: 
     converged: list[torch.Tensor] = []
     nonfinite = 0
     kept: dict[str, list[torch.Tensor]] = {}
+    bar = progress_bar(total=len(shard), desc=desc, unit="image", enabled=progress and dist.is_main)
     try:
         for first in range(shard.start, shard.stop, batch_size):
             start, stop = first - shard.start, min(first + batch_size, shard.stop)  # start: index in the shard
@@ -108,7 +113,9 @@ def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: 
                     batch["x"] = tensors["x"][first:first + take]
                 for k, v in batch.items():
                     kept.setdefault(k, []).append(v[:take].detach().float().cpu())
+            bar.update(y.shape[0])
     finally:
+        bar.close()
         deq.train(was_training)
     res = torch.cat(residuals) if residuals else torch.zeros(0, dtype=torch.float64)
     finite = torch.isfinite(res)
@@ -150,3 +157,26 @@ def save_samples(result: EvalResult, *, png_path: Path, h5_path: Path, data_rang
         save_image_grid(png_path, columns, data_range=data_range)
     except ValueError as exc:  # e.g. a channel count the grid cannot display
         log.warning("no PNG grid written for %s: %s", png_path.name, exc)
+
+
+def evaluate_and_record(deq: DEQ, data: TensorDictDataset, settings: EvalSettings, *, device: torch.device,
+                        run_dir: Path, split: str, step: int, stem: str | None = None, time_s: float = 0.0,
+                        csv: MetricsCSV | None = None, tb: TensorBoard | None = None,
+                        dist: Distributed | None = None, progress: bool = False) -> EvalResult:
+    """:func:`evaluate` on ``split``, then (rank 0) the records every evaluation leaves:
+    a ``metrics.csv`` row, TensorBoard scalars and reconstructions under ``split``, and
+    ``images/<stem>.png`` with ``reconstructions/<stem>.h5`` (``stem`` defaults to ``split``)."""
+    dist = dist or Distributed()
+    result = evaluate(deq, data, batch_size=settings.batch_size, data_range=settings.data_range, device=device,
+                      n_images=settings.n_images, dist=dist, progress=progress, desc=split)
+    if not dist.is_main:
+        return result
+    (csv or MetricsCSV(run_dir / "metrics.csv")).append(step, split, time_s, result.metrics)
+    if tb is not None:
+        tb.scalars(split, result.metrics, step)
+        if "x_hat" in result.samples:
+            tb.images(f"{split}/reconstruction", result.samples["x_hat"], step, settings.data_range)
+    stem = stem or split
+    save_samples(result, png_path=run_dir / "images" / f"{stem}.png",
+                 h5_path=run_dir / "reconstructions" / f"{stem}.h5", data_range=settings.data_range)
+    return result

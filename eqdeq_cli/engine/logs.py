@@ -5,6 +5,7 @@ import csv
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +26,14 @@ class TqdmLoggingHandler(logging.StreamHandler):
             self.flush()
         except Exception:  # pragma: no cover - mirrors logging.Handler.handleError
             self.handleError(record)
+
+
+def progress_bar(*, total: int, desc: str, unit: str, enabled: bool, initial: int = 0) -> Any:
+    """A tqdm bar on stderr (a no-op when ``enabled`` is false), cleared when closed."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, file=sys.stderr,
+                desc=desc, unit=unit, leave=False)
 
 
 class MetricsCSV:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,10 +31,10 @@ from ..data import TensorDictDataset
 from ..deq import DEQ
 from ..errors import TrainingDivergedError
 from ..physics.base import LinearPhysics
-from .checkpoint import save_checkpoint
+from .checkpoint import load_model_state, model_state, save_checkpoint
 from .distributed import Distributed, GlobalBatchDraws, rank_slice
-from .evaluate import EvalResult, evaluate, save_samples
-from .logs import MetricsCSV, TensorBoard
+from .evaluate import EvalResult, evaluate_and_record
+from .logs import MetricsCSV, TensorBoard, progress_bar
 from .metrics import psnr
 from .settings import EvalSettings, TrainerSettings
 from .state import capture_rng_state, data_order, restore_rng_state
@@ -45,22 +44,6 @@ log = logging.getLogger(__name__)
 
 class StepCallback(Protocol):
     def __call__(self, trainer: "Trainer") -> None: ...
-
-
-def model_state(deq: DEQ) -> dict[str, torch.Tensor]:
-    """``deq.state_dict()`` without the physics' buffers (rebuilt from the config, never learned)."""
-    prefixes = tuple(f"{name}." for name, m in deq.named_modules() if isinstance(m, LinearPhysics) and name)
-    return {k: v for k, v in deq.state_dict().items() if not k.startswith(prefixes)}
-
-
-def load_model_state(deq: DEQ, state: dict[str, torch.Tensor]) -> None:
-    """Load a :func:`model_state` dict; every learned tensor must be present and match."""
-    missing, unexpected = deq.load_state_dict(state, strict=False)
-    learned = set(model_state(deq))
-    missing = [k for k in missing if k in learned]
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model built from the config: missing {missing[:5]}, "
-                         f"unexpected {list(unexpected)[:5]} (was it trained with another model / map?)")
 
 
 class _RecordFirstOutput:
@@ -258,19 +241,12 @@ class Trainer:
         """Evaluate on the validation split: CSV row, TensorBoard, samples, ``best.pt``."""
         if self.val_data is None or len(self.val_data) == 0:
             return None
-        es = self.eval_settings
-        result = evaluate(self.deq, self.val_data, batch_size=es.batch_size, data_range=es.data_range,
-                          device=self.device, n_images=es.n_images, dist=self.dist)
+        result = evaluate_and_record(self.deq, self.val_data, self.eval_settings, device=self.device,
+                                     run_dir=self.run_dir, split="val", step=self.step,
+                                     stem=f"val_step{self.step:06d}", time_s=self.train_time_s, csv=self.csv,
+                                     tb=self.tb, dist=self.dist)
         m = result.metrics
         if self.dist.is_main:
-            self.csv.append(self.step, "val", self.train_time_s, m)
-            if self.tb is not None:
-                self.tb.scalars("val", m, self.step)
-                if "x_hat" in result.samples:
-                    self.tb.images("val/reconstruction", result.samples["x_hat"], self.step, es.data_range)
-            stem = f"val_step{self.step:06d}"
-            save_samples(result, png_path=self.run_dir / "images" / f"{stem}.png",
-                         h5_path=self.run_dir / "reconstructions" / f"{stem}.h5", data_range=es.data_range)
             log.info("step %d val: %s", self.step, format_metrics(m))
         monitor, mode = self._monitor(m)
         value = m[monitor]
@@ -299,7 +275,8 @@ class Trainer:
         s = self.settings
         self.tb = TensorBoard(self.run_dir / "tb", enabled=s.tensorboard and self.dist.is_main)
         self.deq.train()
-        bar = _progress(total=s.max_steps, initial=self.step, enabled=s.progress and self.dist.is_main)
+        bar = progress_bar(total=s.max_steps, initial=self.step, desc="train", unit="step",
+                           enabled=s.progress and self.dist.is_main)
         status = "completed"
         last_eval = -1
         first_step = self.step
@@ -362,13 +339,6 @@ class Trainer:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, file=sys.stderr,
-                desc="train", unit="step", leave=False)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .status import STATUS_FILE, read_status
+from ..runs.status import STATUS_FILE, read_status
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Used by ``eqdeq collect DIR --figure`` after a sweep over presets, e.g.
 ``eqdeq train -m experiment=ct_ei_implicit,ct_ei_jfb,ct_mc,ct_supervised seed=0,1``
-(see ``docs/experiments.md``). Both read the :class:`~eqdeq_cli.collect.SweepTable` of
+(see ``docs/experiments.md``). Both read the :class:`~eqdeq_cli.sweeps.table.SweepTable` of
 the sweep, whose rows are the methods (the swept keys other than the seed):
 
 * :func:`comparison_markdown` — one row per method with PSNR / SSIM (mean ± std over
@@ -23,8 +23,8 @@ import h5py
 import numpy as np
 import torch
 
-from .collect import GroupRow, Summary, SweepTable, format_summary
-from .sweep_jobs import JobResult, natural_key
+from .jobs import JobResult, natural_key
+from .table import GroupRow, Summary, SweepTable, format_summary
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def comparison_figure(table: SweepTable, path: str | Path, *, n_images: int = 4,
     ``evaluation.n_images=0``), and ``ValueError`` when the methods were evaluated on
     different ground-truth images (one figure per task: sweep each task separately).
     """
-    from .engine.images import save_image_grid
+    from ..engine.images import save_image_grid
 
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")

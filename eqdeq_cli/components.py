@@ -1,4 +1,4 @@
-"""Builders: config nodes → data source, physics, group, denoiser, DEQ, loss.
+"""The components of a run, built from the config: data source, physics, group, denoiser, DEQ, loss.
 
 Every component is built by ``hydra.utils.instantiate`` from its node's ``_target_``,
 so adding an option is adding a class and a YAML file; nothing here names a class.

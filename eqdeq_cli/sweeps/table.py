@@ -1,4 +1,4 @@
-"""Tabulate the results of a sweep: ``eqdeq collect DIR``.
+"""The results table of a sweep (what ``eqdeq collect DIR`` writes).
 
 A sweep directory (``hydra.sweep.dir`` of ``eqdeq train -m ...``, or the directory of an
 array job from ``scripts/slurm/array_sweep.sbatch``) holds one directory per job, each
@@ -23,28 +23,23 @@ counted under ``failures``; it does not stop the collection.
 Outputs (``--out PREFIX``, default ``DIR/results``): ``PREFIX.csv`` (one row per group),
 ``PREFIX.md`` (the same as a Markdown table, followed by the list of failed jobs) and
 ``PREFIX_jobs.csv`` (one row per job). With ``--figure``, also the method comparison of
-:mod:`eqdeq_cli.compare`: ``PREFIX_comparison.md`` (PSNR/SSIM, time, iterations, the
+:mod:`eqdeq_cli.sweeps.compare`: ``PREFIX_comparison.md`` (PSNR/SSIM, time, iterations, the
 ``A†y`` baseline, analysis columns) and ``PREFIX_figure.png`` (reconstructions side by side).
 Jobs analysed by ``eqdeq analyze`` contribute their ``analysis.json`` summary as ``an_*`` metrics.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .sweep_jobs import JobResult, find_job_dirs, flatten_metrics, natural_key, parse_overrides, read_job
+from .jobs import JobResult, find_job_dirs, natural_key, read_job
 
-__all__ = [
-    "JobResult", "Summary", "GroupRow", "SweepTable", "collect", "format_summary", "main",
-    "find_job_dirs", "read_job", "parse_overrides", "flatten_metrics",
-]
+__all__ = ["Summary", "GroupRow", "SweepTable", "collect", "format_summary"]
 
 #: Metrics listed first, in this order; any other numeric key follows alphabetically.
 PREFERRED_METRICS: tuple[str, ...] = ("psnr", "ssim", "psnr_init", "ssim_init", "iters_mean")
@@ -259,69 +254,3 @@ def _lookup(job: JobResult, key: str) -> str | None:
 
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
-
-
-def _split_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eqdeq collect",
-        description="Tabulate a sweep directory: mean ± std over seeds of every metric, "
-        "grouped by the swept overrides; writes PREFIX.csv, PREFIX.md and PREFIX_jobs.csv.",
-    )
-    parser.add_argument("sweep_dir", metavar="DIR", help="the sweep directory (hydra.sweep.dir)")
-    parser.add_argument("--out", metavar="PREFIX", help="output prefix (default: DIR/results)")
-    parser.add_argument("--metrics", type=_split_list, help="comma-separated metrics (default: all)")
-    parser.add_argument(
-        "--group-by", type=_split_list, help="comma-separated keys (default: the swept keys except the seed)"
-    )
-    parser.add_argument("--seed-key", default="seed", help="the override averaged over (default: seed)")
-    parser.add_argument("--quiet", action="store_true", help="do not print the Markdown table")
-    parser.add_argument("--figure", action="store_true",
-                        help="also write PREFIX_comparison.md (methods vs the A†y baseline) and PREFIX_figure.png "
-                        "(ground truth, A†y and each method's reconstruction, one seed per method)")
-    parser.add_argument("--n-images", type=int, default=4, help="test images in the figure (default: 4)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``eqdeq collect``; returns the process exit status."""
-    args = build_parser().parse_args(argv)
-    try:
-        table = collect(args.sweep_dir, metrics=args.metrics, group_by=args.group_by, seed_key=args.seed_key)
-    except (FileNotFoundError, KeyError, NotADirectoryError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"eqdeq collect: error: {message}", file=sys.stderr)
-        return 1
-    prefix = Path(args.out) if args.out else Path(args.sweep_dir) / "results"
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    paths = (Path(f"{prefix}.csv"), Path(f"{prefix}.md"), Path(f"{prefix}_jobs.csv"))
-    table.write_csv(paths[0])
-    markdown = table.to_markdown()
-    paths[1].write_text(markdown)
-    table.write_jobs_csv(paths[2])
-    if args.figure:
-        from .compare import comparison_figure, comparison_markdown
-
-        comparison = comparison_markdown(table)
-        paths += (Path(f"{prefix}_comparison.md"), Path(f"{prefix}_figure.png"))
-        paths[3].write_text(comparison)
-        try:
-            comparison_figure(table, paths[4], n_images=args.n_images, seed_key=args.seed_key)
-        except (FileNotFoundError, KeyError, ValueError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            print(f"eqdeq collect: error: {message}", file=sys.stderr)
-            return 1
-        markdown = comparison
-    if not args.quiet:
-        sys.stdout.write(markdown)
-    sys.stderr.write(
-        f"{len(table.jobs)} jobs ({len(table.failed)} failed) -> " + ", ".join(map(str, paths)) + "\n"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""What every Hydra command shares: its command line, and one failure policy.
+
+:func:`run_app` hands ``argv`` to a Hydra app (so ``--help``, ``--cfg job``, ``-m`` and
+``-sc`` work as in any Hydra app) and turns its exit into a status code.
+
+:func:`hydra_task` wraps a command's job function ``body(cfg, job) -> value`` with the
+failure policy, written once:
+
+* a user error (bad value, missing file, size mismatch, missing checkpoint) is logged as
+  one line on stderr, its traceback goes to the run's log file only, exit code 1;
+* in a multirun, any failure of a job is logged with its traceback, recorded in the
+  job's ``status.json`` (when the command records one), and the sweep goes on (failures
+  are reported at its end by :class:`~eqdeq_cli.sweeps.callback.SweepFailureReport`).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+#: The config tree shipped inside the package (a link to the top-level configs/ in a checkout).
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+@dataclass
+class Job:
+    """One job of a Hydra command: where it writes, how it was called, who it runs with."""
+
+    run_dir: Path
+    overrides: list[str]
+    multirun: bool
+    task: str
+    record_status: bool
+    dist: Any = None
+    started: float = field(default_factory=time.time)
+    #: Called after the job has released its processes, e.g. to exit with a stop code.
+    finish: Callable[[], None] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
+
+    def elapsed(self) -> float:
+        return round(time.time() - self.started, 3)
+
+    def record(self, status: str, **fields: Any) -> None:
+        """Write ``status.json`` (rank 0, for commands that own their run directory)."""
+        if self.record_status and self.is_main:
+            from ..runs.status import write_status
+
+            write_status(self.run_dir, status, task=self.task, overrides=self.overrides, **fields)
+
+
+def hydra_task(*, record_status: bool = True, join_processes: bool = True
+               ) -> Callable[[Callable[[DictConfig, Job], Any]], Callable[[DictConfig], Any]]:
+    """Decorate ``body(cfg, job)`` into a Hydra task function with the failure policy.
+
+    ``record_status``: write ``status.json`` (``running``, then ``failed`` on an error;
+    the body records how it ended). ``join_processes``: join a torchrun / srun launch
+    (:func:`~eqdeq_cli.runs.processes.start_processes`) and leave it at the end.
+    """
+
+    def wrap(body: Callable[[DictConfig, Job], Any]) -> Callable[[DictConfig], Any]:
+        @functools.wraps(body)
+        def task(cfg: DictConfig) -> Any:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
+
+            from ..errors import user_error_message
+
+            hc = HydraConfig.get()
+            job = Job(run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task),
+                      multirun=hc.mode == RunMode.MULTIRUN, task=str(cfg.get("task", hc.job.name)),
+                      record_status=record_status)
+            clean = False
+            try:
+                if join_processes:
+                    from ..runs.processes import start_processes
+
+                    job.dist, job.run_dir = start_processes(cfg, job.run_dir)
+                job.record("running")
+                value = body(cfg, job)
+                clean = True
+            except Exception as exc:
+                message = user_error_message(exc)
+                job.record("failed", error=message or f"{type(exc).__name__}: {exc}", elapsed_s=job.elapsed())
+                if job.multirun:
+                    log.error("job %s failed: %s", job.run_dir, message or repr(exc), exc_info=True)
+                    return None
+                if message is not None:
+                    log.error("%s", message, exc_info=True, extra={"file_only": True})
+                    log.error("%s", message, extra={"console_only": True})
+                    raise SystemExit(1) from None
+                raise
+            finally:
+                if job.dist is not None:
+                    from ..engine.distributed import shutdown_distributed
+
+                    shutdown_distributed(job.dist, wait=clean)
+            if job.finish is not None:
+                job.finish()
+            return value
+
+        return task
+
+    return wrap
+
+
+def run_app(config_name: str, task: Callable[[DictConfig], Any], argv: Sequence[str], prog: str) -> int:
+    """Run ``task`` as the Hydra app of ``configs/<config_name>.yaml`` on the command line ``argv``.
+
+    Returns the exit status: 0, or the code of the ``SystemExit`` the app raised.
+    """
+    import hydra
+
+    app = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
+    saved = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0

@@ -1,0 +1,47 @@
+"""``eqdeq train [overrides]``: train a DEQ reconstructor (a Hydra app on ``configs/train.yaml``).
+
+Preemption: while training, SIGUSR1 / SIGUSR2 / SIGTERM stop the run at the next step
+boundary (:mod:`eqdeq_cli.engine.signals`): ``checkpoints/last.pt`` is written,
+``status.json`` says ``"stopped"``, no ``metrics.json`` is written, the handler installed
+before (submitit's requeue) is called, and the process exits with
+:data:`~eqdeq_cli.engine.signals.STOP_EXIT_CODE` (75), also in a multirun, whose later
+jobs then do not start. Running the same command again resumes (``resume=auto``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from omegaconf import DictConfig
+
+from .hydra_app import Job, hydra_task, run_app
+
+log = logging.getLogger(__name__)
+
+
+@hydra_task()
+def train_job(cfg: DictConfig, job: Job) -> float | None:
+    """Train in the job's run directory; returns the monitored validation value (for sweepers)."""
+    from ..engine.signals import STOP_EXIT_CODE, StopOnSignals
+    from ..runs.train import monitored_value, train
+
+    stop = StopOnSignals()
+    with stop:  # handlers restored when training has ended and its status is recorded
+        summary = train(cfg, run_dir=job.run_dir, stop_event=stop.event, dist=job.dist)
+        status = str(summary.get("status", "completed"))
+        job.record(status, elapsed_s=job.elapsed(), **({"signal": stop.signal_name} if status == "stopped" else {}))
+    if status == "stopped":
+        def finish() -> None:
+            log.info("stopped at step %s (%s): run the same command again to resume; exit code %d",
+                     summary.get("step"), stop.signal_name or "stop requested", STOP_EXIT_CODE)
+            stop.chain()  # e.g. submitit's handler: requeue now that the checkpoint is on disk (it may exit)
+            raise SystemExit(STOP_EXIT_CODE)
+
+        job.finish = finish
+        return None
+    return monitored_value(cfg, summary)
+
+
+def main(argv: Sequence[str], prog: str = "eqdeq train") -> int:
+    """``eqdeq train``: Hydra's command line in ``argv``; returns the exit status."""
+    return run_app("train", train_job, argv, prog)

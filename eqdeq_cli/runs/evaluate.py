@@ -1,0 +1,51 @@
+"""Evaluate a checkpoint on a split with the run's saved config (``eqdeq eval``)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..engine.checkpoint import resolve_checkpoint_path
+from ..engine.distributed import Distributed
+from ..engine.evaluate import evaluate_and_record
+from ..engine.settings import eval_settings, resolve_device
+from ..engine.trainer import format_metrics
+from ..errors import UserError
+from ..utils.files import write_json
+from .restore import measurement_sets, restore_run
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequence[str] = (),
+                        dist: Distributed | None = None) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt`` on ``cfg.split`` with the run's saved config (plus ``overrides``).
+
+    Writes ``metrics.json``, ``metrics.csv``, the PNG grid and HDF5 reconstructions
+    into ``run_dir`` and returns the metrics. With several processes (``dist``) the split
+    is sharded over ranks and rank 0 writes the files. A progress bar follows the run's
+    ``trainer.progress`` setting.
+    """
+    dist = dist or Distributed()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt in (None, ""):
+        raise UserError("eqdeq eval needs a checkpoint: eqdeq eval ckpt=PATH (a .pt file or a run directory)")
+    split = str(cfg.split)
+    run_cfg, comps, payload = restore_run(cfg.ckpt, cfg, overrides, split)
+    es = eval_settings(run_cfg.evaluation)
+    device = dist.place(resolve_device(str(run_cfg.trainer.device)))
+    data = measurement_sets(run_cfg, comps, (split,))[split]
+    comps.deq.to(device)
+    step = int(payload["step"])
+    progress = bool(OmegaConf.select(run_cfg, "trainer.progress", default=True))
+    result = evaluate_and_record(comps.deq, data, es, device=device, run_dir=run_dir, split=split, step=step,
+                                 dist=dist, progress=progress)
+    summary = {**result.metrics, "split": split, "step": step,
+               "checkpoint": str(resolve_checkpoint_path(cfg.ckpt).resolve())}
+    if dist.is_main:
+        write_json(run_dir / "metrics.json", summary)
+    log.info("%s (checkpoint step %d): %s", split, step, format_metrics(result.metrics))
+    return summary

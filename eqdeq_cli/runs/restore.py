@@ -1,0 +1,80 @@
+"""A trained run, rebuilt from its checkpoint, and the measurement sets of a run.
+
+Used by ``eqdeq eval`` and ``eqdeq analyze``: the config saved in the checkpoint is the
+run's; the command line's overrides replace the matching parts of it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from ..components import Components, build_components
+from ..engine.checkpoint import load_checkpoint, load_model_state
+from ..engine.measurements import simulate_measurements
+from ..engine.state import seed_everything
+from ..errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+#: Keys of ``eval.yaml`` / ``analyze.yaml`` that belong to the command, not to the trained run.
+COMMAND_KEYS = ("task", "ckpt", "sweep", "split", "resume", "analysis")
+SPLITS = ("train", "val", "test")
+_ABSENT = object()
+
+
+def measurement_sets(cfg: DictConfig, components: Components, splits: Sequence[str]) -> dict[str, Any]:
+    """The run's fixed measurement sets ``{split: dataset of {"y"} or {"x", "y"}}``, simulated
+    from the split's images with the seeds of ``cfg.measurement_seeds``."""
+    seeds = cfg.measurement_seeds
+    return {split: simulate_measurements(components.data.split(split), components.physics,
+                                         seed=int(seeds[split]), split=split) for split in splits}
+
+
+def merge_saved_config(saved: dict[str, Any], cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """The checkpoint's config, with the command line's ``overrides`` applied on top.
+
+    For each override ``key=value`` (or group choice ``physics=mri``) the value is taken
+    from the freshly composed ``cfg``, so group options and interpolations behave as in
+    training. Hydra's own keys and the command's keys (:data:`COMMAND_KEYS`) are skipped.
+    """
+    run_cfg = OmegaConf.create(saved)
+    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+        key = ov.key_or_group
+        if key.startswith("hydra") or key.split(".", 1)[0] in COMMAND_KEYS or ov.is_delete():
+            continue
+        path = key.replace("/", ".")
+        node = OmegaConf.select(cfg, path, default=_ABSENT, throw_on_missing=False)
+        if node is _ABSENT:
+            log.warning("override %s has no counterpart in the run's config; ignored", ov.input_line)
+            continue
+        value = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node
+        OmegaConf.update(run_cfg, path, value, merge=False, force_add=True)
+    return run_cfg
+
+
+def restore_run(ckpt: str | Path, cfg: DictConfig, overrides: Sequence[str],
+                split: str) -> tuple[DictConfig, Components, dict[str, Any]]:
+    """Rebuild a trained run from its checkpoint, for evaluation or analysis of ``split``.
+
+    Returns ``(run_cfg, components, payload)``: the config saved in the checkpoint with
+    ``overrides`` applied from ``cfg``, the components built from it (seeded as the run
+    was) with the checkpoint's weights loaded, and the checkpoint itself. Raises
+    ``ValueError`` for an unknown split and :class:`~eqdeq_cli.errors.CheckpointError`
+    for a missing, unreadable or mismatched checkpoint.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not a split; valid: {', '.join(SPLITS)}")
+    payload = load_checkpoint(ckpt)
+    run_cfg = merge_saved_config(payload["config"], cfg, overrides)
+    OmegaConf.set_struct(run_cfg, True)
+    seed_everything(int(run_cfg.seed))
+    comps = build_components(run_cfg)
+    try:
+        load_model_state(comps.deq, payload["model"])
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt}: {exc}") from exc
+    return run_cfg, comps, payload

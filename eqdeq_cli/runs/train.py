@@ -1,0 +1,122 @@
+"""Train as the config says, writing the run output contract into the run directory.
+
+Several processes (``torchrun``, ``srun``): see :mod:`eqdeq_cli.engine.distributed`.
+Every rank calls :func:`train` with rank 0's run directory; rank 0 alone writes files.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..analysis import check_group
+from ..components import build_components
+from ..engine.checkpoint import load_checkpoint, resolve_checkpoint_path
+from ..engine.distributed import Distributed
+from ..engine.evaluate import evaluate_and_record
+from ..engine.settings import eval_settings, resolve_device, trainer_settings
+from ..engine.state import seed_everything
+from ..engine.trainer import StepCallback, Trainer, format_metrics
+from ..utils.files import write_json
+from .restore import measurement_sets
+
+log = logging.getLogger(__name__)
+
+RESUME_CHOICES = ("auto", "never")
+
+
+def _resume_source(resume: str, run_dir: Path) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    return resolve_checkpoint_path(resume)
+
+
+def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallback] = (),
+          stop_event: threading.Event | None = None, dist: Distributed | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says, writing the output contract into ``run_dir``.
+
+    Returns the final test metrics (also written to ``metrics.json``), or
+    ``{"status": "stopped", "step": n}`` when a stop was requested (``stop_event`` set,
+    or a callback called ``trainer.request_stop()``). ``dist``: this process's place
+    among several training processes (all ranks call ``train`` with the same
+    ``run_dir``; rank 0 writes the files).
+    """
+    dist = dist or Distributed()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if str(cfg.resume) not in RESUME_CHOICES and not Path(str(cfg.resume)).expanduser().exists():
+        raise ValueError(f"resume={cfg.resume!r}: use auto, never, or the path of a checkpoint or run directory")
+    settings = trainer_settings(cfg.trainer)
+    es = eval_settings(cfg.evaluation)
+    device = dist.place(resolve_device(settings.device))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    log.info("run directory: %s", run_dir)
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True), extra={"file_only": True})
+
+    seed_everything(int(cfg.seed))
+    comps = build_components(cfg)
+    if dist.is_main and (warning := check_group(comps.physics, comps.group, comps.loss)):
+        log.warning("%s", warning)
+    sets = measurement_sets(cfg, comps, ("train", "val", "test"))
+    comps.deq.to(device)
+    comps.loss.to(device) if hasattr(comps.loss, "to") else None
+    if settings.compile:
+        comps.denoiser.compile()
+    trainer = Trainer(deq=comps.deq, physics=comps.physics, group=comps.group, loss=comps.loss,
+                      train_data=sets["train"], val_data=sets["val"], settings=settings, eval_settings=es,
+                      run_dir=run_dir, seed=int(cfg.seed), config=config, device=device, callbacks=tuple(callbacks),
+                      dist=dist, stop_event=stop_event)
+    source = _resume_source(str(cfg.resume), run_dir)
+    if source is not None:
+        trainer.load_state_dict(load_checkpoint(source, map_location=device))
+        log.info("resumed from %s at step %d", source, trainer.step)
+    try:
+        status = trainer.fit()
+        if status == "stopped":
+            return {"status": "stopped", "step": trainer.step}
+        result = evaluate_and_record(comps.deq, sets["test"], es, device=device, run_dir=run_dir, split="test",
+                                     step=trainer.step, time_s=trainer.train_time_s, tb=trainer.tb, dist=dist,
+                                     progress=settings.progress)
+        summary = {**result.metrics, "split": "test", "step": trainer.step, "steps": trainer.step,
+                   "train_time_s": round(trainer.train_time_s, 3), "best_val": trainer.best, "status": status}
+        if dist.is_main:
+            write_json(run_dir / "metrics.json", summary)
+        if trainer.tb is not None:
+            trainer.tb.hparams(_hparams(cfg), {k: result.metrics[k] for k in ("psnr", "ssim", "meas_error")
+                                               if k in result.metrics})
+        log.info("test: %s (trained %d steps in %.1f s)", format_metrics(result.metrics), trainer.step,
+                 trainer.train_time_s)
+        return summary
+    finally:
+        trainer.close()
+
+
+def monitored_value(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
+    """The validation metric a sweeper optimises (best value), or the test value as fallback."""
+    best = summary.get("best_val") or {}
+    if isinstance(best, dict) and best.get("value") is not None:
+        return float(best["value"])
+    value = summary.get(str(OmegaConf.select(cfg, "trainer.monitor", default="psnr")))
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The choices that define a run, for TensorBoard's hparams view."""
+    out: dict[str, Any] = {}
+    for key in ("physics", "group", "model", "map", "solver.forward", "loss", "data"):
+        target = OmegaConf.select(cfg, f"{key}._target_", default=None)
+        if target is not None:
+            out[key] = str(target).rsplit(".", 1)[-1]
+    out["grad"] = OmegaConf.select(cfg, "grad.mode", default="")
+    for key in ("trainer.optimizer.lr", "trainer.batch_size", "trainer.max_steps", "seed"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            out[key] = value
+    return out
