@@ -73,7 +73,7 @@ def test_launch_detection_from_torchrun_and_srun_variables(caplog):
 def _draws(x: torch.Tensor, generator: torch.Generator, rates: torch.Tensor) -> list[torch.Tensor]:
     """Every kind of draw a loss makes: group elements, Gaussian and Poisson noise, SURE probes."""
     from eqdeq_cli.groups import Reflections, Rotations, Shifts
-    from eqdeq_cli.losses.base import randn_like
+    from eqdeq_cli.utils.draws import randn_like
     from eqdeq_cli.physics.noise import GaussianNoise, PoissonNoise
 
     out = []

@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from ..utils import draws
+
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -29,10 +31,9 @@ def bscale(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal tensor shaped like ``x``, drawn on the CPU from ``generator``
+    """Standard normal tensor shaped like ``x``, drawn in float64 on the CPU from ``generator``
     (reproducible across devices), then moved to ``x``'s device and dtype."""
-    z = torch.randn(x.shape, generator=generator, dtype=torch.float64)
-    return z.to(device=x.device, dtype=x.dtype)
+    return draws.randn_like(x, generator, draw_dtype=torch.float64)
 
 
 def bnormalize(a: torch.Tensor, eps: float = 1e-30) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,9 +20,10 @@ from typing import Any, Callable
 
 import torch
 
-from eqdeq_cli.groups.base import Group
+from eqdeq_cli.groups.base import Group, disc_mask
 
 from ._linalg import bnorm
+
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -37,17 +38,6 @@ def measure_then_reconstruct(reconstructor: Callable[[torch.Tensor], torch.Tenso
     def fn(x: torch.Tensor) -> torch.Tensor:
         return reconstructor(physics.A(x))
     return fn
-
-
-def disc_mask(height: int, width: int, device: torch.device | str | None = None,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(H, W)`` indicator of the disc inscribed in the image (pixel centres within
-    ``min(H, W)/2`` of the centre). Continuous rotations move the corners out of the
-    field of view; restrict the error to this disc to leave that effect out."""
-    yy = torch.arange(height, dtype=torch.float64) - (height - 1) / 2
-    xx = torch.arange(width, dtype=torch.float64) - (width - 1) / 2
-    r2 = yy[:, None] ** 2 + xx[None, :] ** 2
-    return (r2 <= (min(height, width) / 2) ** 2).to(device=device, dtype=dtype)
 
 
 @torch.no_grad()

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from eqdeq_cli.groups.base import Group
-from eqdeq_cli.physics.base import LinearPhysics, conjugate_gradient
+from eqdeq_cli.linalg import conjugate_gradient
+from eqdeq_cli.physics.base import LinearPhysics
 
 from ._linalg import bnorm, randn_like
 

@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
+from ..utils.checks import check_int
 from .contraction import convergence_rate, spectral_norm_per_sample
-from .equivariance import disc_mask, equivariance_error, measure_then_reconstruct
+from .equivariance import equivariance_error, measure_then_reconstruct
 from .identifiability import identifiability
 from .jacobian import jacobian_asymmetry
 
@@ -72,9 +73,7 @@ class AnalysisSettings:
 
     def __post_init__(self) -> None:
         for name in ("n_images", "n_elements", "n_probes", "power_iter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"analysis.{name} must be an integer >= 1, got {value!r}")
+            check_int(f"analysis.{name}", getattr(self, name), 1)
         if not isinstance(self.identifiability_samples, int) or self.identifiability_samples < 0:
             raise ValueError(f"analysis.identifiability_samples must be an integer >= 0 (0 skips the check), "
                              f"got {self.identifiability_samples!r}")
@@ -93,10 +92,6 @@ def denoiser_input(fmap: torch.nn.Module, z: torch.Tensor, ctx: Any) -> torch.Te
     if not seen:
         raise ValueError(f"{type(fmap).__name__} did not call its denoiser")
     return seen[0]
-
-
-def _continuous_rotation(group: Any) -> bool:
-    return type(group).__name__ == "Rotations" and not bool(getattr(group, "exact", True))
 
 
 def _brief(stats: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +119,7 @@ def analyze_deq(deq: torch.nn.Module, group: Any, y: torch.Tensor, x: torch.Tens
             ctx = fmap.prepare(y)
         u_star = denoiser_input(fmap, z_star, ctx)
         h, w = z_star.shape[-2:]
-        mask = disc_mask(h, w, device=z_star.device, dtype=z_star.dtype) if _continuous_rotation(group) else None
+        mask = group.field_of_view(h, w, device=z_star.device, dtype=z_star.dtype)
         images = x if x is not None else z_star
         eq_d = equivariance_error(denoiser, group, u_star, settings.n_elements, gen, mask)
         eq_r = equivariance_error(measure_then_reconstruct(deq, physics), group, images, settings.n_elements,

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eqdeq_cli.physics.base import LinearPhysics, conjugate_gradient
+from eqdeq_cli.linalg import conjugate_gradient
+from eqdeq_cli.physics.base import LinearPhysics
+from eqdeq_cli.utils.checks import check_int
 
 
 @dataclass
@@ -117,8 +119,7 @@ class HQSMap(_StepMap):
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
                  learn_step: bool = True, cg_iters: int = 10, cg_tol: float = 1e-6) -> None:
         super().__init__(denoiser, physics, step_init, learn_step)
-        if isinstance(cg_iters, bool) or not isinstance(cg_iters, int) or cg_iters < 1:
-            raise ValueError(f"cg_iters must be an integer >= 1, got {cg_iters!r}")
+        check_int("cg_iters", cg_iters, 1)
         if isinstance(cg_tol, bool) or not isinstance(cg_tol, (int, float)) or not cg_tol >= 0:
             raise ValueError(f"cg_tol must be a number >= 0, got {cg_tol!r}")
         self.cg_iters = cg_iters

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Callable
 
 import torch
+
+from ..utils.checks import check_int, check_real
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
@@ -68,32 +69,15 @@ class SolverStats:
         }
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_real(name: str, value: object, *, low: float, high: float = math.inf,
-                low_inclusive: bool = False, high_inclusive: bool = True) -> None:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = (v >= low if low_inclusive else v > low) and (v <= high if high_inclusive else v < high)
-    if not ok:
-        lo = "[" if low_inclusive else "("
-        hi = "]" if high_inclusive else ")"
-        raise ValueError(f"{name} must be a real number in {lo}{low}, {high}{hi}, got {value!r}")
-
-
 def _check_common(f: Map, z0: torch.Tensor, max_iter: int, tol: float) -> None:
     if not callable(f):
         raise TypeError(f"f must be callable, got {type(f).__name__}")
     if not isinstance(z0, torch.Tensor) or z0.ndim < 1 or z0.shape[0] < 1:
         raise ValueError("z0 must be a tensor with a non-empty batch dimension 0")
-    _check_int("max_iter", max_iter, 1)
+    check_int("max_iter", max_iter, 1)
     # tol = 0 is allowed: the solve then runs exactly max_iter evaluations (unless an
     # exact fixed point is met), which benchmarks use to fix the iteration count.
-    _check_real("tol", tol, low=0.0, low_inclusive=True)
+    check_real("tol", tol, low=0.0, low_inclusive=True)
 
 
 class _Tracker:
@@ -147,7 +131,7 @@ def fixed_point_solve(f: Map, z0: torch.Tensor, *, max_iter: int = 50, tol: floa
         ``(z, stats)``: per sample the iterate with the smallest residual, and its stats.
     """
     _check_common(f, z0, max_iter, tol)
-    _check_real("damping", damping, low=0.0, high=1.0)
+    check_real("damping", damping, low=0.0, high=1.0)
     tracker = _Tracker(z0, tol)
     z = z0
     for _ in range(max_iter):
@@ -189,9 +173,9 @@ def anderson_solve(f: Map, z0: torch.Tensor, *, max_iter: int = 50, tol: float =
         ``(z, stats)``: per sample the iterate with the smallest residual, and its stats.
     """
     _check_common(f, z0, max_iter, tol)
-    _check_int("m", m, 1)
-    _check_real("lam", lam, low=0.0)
-    _check_real("beta", beta, low=0.0, high=1.0)
+    check_int("m", m, 1)
+    check_real("lam", lam, low=0.0)
+    check_real("beta", beta, low=0.0, high=1.0)
 
     b = z0.shape[0]
     d = z0[0].numel()

@@ -31,10 +31,28 @@ class Group:
     def apply_inverse(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def field_of_view(self, height: int, width: int, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """``(H, W)`` weights of the pixels that every element keeps inside the image, or
+        ``None`` when every element keeps every pixel (shifts, reflections, quarter turns).
+        An equivariance error is measured on these pixels only."""
+        return None
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply a freshly sampled element per sample; returns ``(T_g x, g)``."""
         g = self.sample(x.shape[0], generator=generator, device=x.device, img_size=tuple(x.shape[-2:]))
         return self.apply(x, g), g
+
+
+def disc_mask(height: int, width: int, device: torch.device | str | None = None,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(H, W)`` indicator of the disc inscribed in the image (pixel centres within
+    ``min(H, W)/2`` of the centre). Continuous rotations move the corners out of the
+    field of view; restrict the error to this disc to leave that effect out."""
+    yy = torch.arange(height, dtype=torch.float64) - (height - 1) / 2
+    xx = torch.arange(width, dtype=torch.float64) - (width - 1) / 2
+    r2 = yy[:, None] ** 2 + xx[None, :] ** 2
+    return (r2 <= (min(height, width) / 2) ** 2).to(device=device, dtype=dtype)
 
 
 def check_images(name: str, x: torch.Tensor, g: torch.Tensor) -> None:

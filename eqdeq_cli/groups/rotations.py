@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Group, check_images, randint
+from .base import Group, check_images, disc_mask, randint
 
 _PADDING = ("zeros", "border", "reflection")
 
@@ -55,6 +55,11 @@ class Rotations(Group):
             return torch.tensor(self._quarters, dtype=torch.long)[idx].to(device or "cpu")
         u = torch.rand((batch_size,), generator=generator, dtype=torch.float64)
         return ((2 * u - 1) * self.max_angle).to(device or "cpu")
+
+    def field_of_view(self, height: int, width: int, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """Continuous angles move the corners out of the image: the inscribed disc stays."""
+        return None if self.exact else disc_mask(height, width, device=device, dtype=dtype)
 
     def apply(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         check_images("Rotations", x, g)

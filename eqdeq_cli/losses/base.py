@@ -83,7 +83,3 @@ def image_elements(x1: torch.Tensor) -> int:
     """``n = C·H·W`` of a batch of images."""
     return x1[0].numel()
 
-
-def randn_like(t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``t``, drawn on the CPU from ``generator``, moved to ``t``'s device."""
-    return torch.randn(t.shape, generator=generator, dtype=t.dtype, device="cpu").to(t.device)

@@ -31,11 +31,10 @@ from __future__ import annotations
 import torch
 
 from ..groups import Group
-from ..physics import GaussianNoise, LinearPhysics, NoNoise, PoissonGaussianNoise, PoissonNoise
-from .base import LossTerm, Reconstructor, dot, image_elements, randn_like, sq_norm
-
-_SUPPORTED = (NoNoise, GaussianNoise, PoissonNoise, PoissonGaussianNoise)
-
+from ..physics import LinearPhysics
+from ..utils.checks import check_int
+from ..utils.draws import randn_like
+from .base import LossTerm, Reconstructor, dot, image_elements, sq_norm
 
 class SURELoss(LossTerm):
     r"""Stein's unbiased risk estimate of ``‖A x₁ − A x‖² / n``; replaces MC for noisy data.
@@ -49,27 +48,23 @@ class SURELoss(LossTerm):
     The estimator follows ``physics.noise``: :class:`~eqdeq_cli.physics.GaussianNoise` →
     SURE (``sigma``), :class:`~eqdeq_cli.physics.PoissonNoise` → PURE (``gain``),
     :class:`~eqdeq_cli.physics.PoissonGaussianNoise` → PG-URE (``gain``, ``sigma``);
-    noiseless measurements reduce it to MC. Other noise models raise ``ValueError``.
+    noiseless measurements reduce it to MC. The noise model says which applies
+    (:meth:`~eqdeq_cli.physics.NoiseModel.risk_parameters`); others raise ``ValueError``.
     """
 
     def __init__(self, *, weight: float = 1.0, tau: float = 1e-3, n_probes: int = 1) -> None:
         super().__init__(weight)
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
             raise ValueError(f"SURELoss: tau must be a number > 0, got {tau!r}")
-        if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-            raise ValueError(f"SURELoss: n_probes must be an integer ≥ 1, got {n_probes!r}")
+        check_int("SURELoss: n_probes", n_probes, 1)
         self.tau = float(tau)
         self.n_probes = n_probes
 
     def per_sample(self, *, y: torch.Tensor, x1: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
                    group: Group | None, x: torch.Tensor | None,
                    generator: torch.Generator | None) -> torch.Tensor:
-        noise = physics.noise
-        if not isinstance(noise, _SUPPORTED):
-            raise ValueError(f"SURELoss has no unbiased estimator for noise model {type(noise).__name__}; "
-                             f"supported: {', '.join(t.__name__ for t in _SUPPORTED)}")
-        sigma2 = float(noise.sigma) ** 2
-        gain = float(noise.gain) if isinstance(noise, (PoissonNoise, PoissonGaussianNoise)) else 0.0
+        gain, sigma = physics.noise.risk_parameters()
+        gain, sigma2 = float(gain), float(sigma) ** 2
         h = physics.A(x1)
         m = y[0].numel()
         risk = sq_norm(h - y) - m * sigma2

@@ -1,5 +1,6 @@
 """Linear measurement operators ``A``, their exact adjoints and approximate inverses."""
-from .base import LinearPhysics, NoiseModel, NoNoise, conjugate_gradient
+from ..linalg import conjugate_gradient  # re-exported: physics calls it, linalg defines it
+from .base import LinearPhysics, NoiseModel, NoNoise
 from .ct import CTRadon
 from .dense import DenseMatrixPhysics
 from .inpainting import Inpainting

@@ -7,17 +7,21 @@ when a fast approximate inverse exists, :meth:`LinearPhysics.A_dagger`.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import nn
+
+from ..linalg import conjugate_gradient
+from ..utils.draws import randn_on_cpu
 
 
 class NoiseModel(nn.Module):
     """Noise applied to clean measurements ``A x``.
 
-    Attributes read by the losses (SURE / REI): ``sigma`` (Gaussian standard
-    deviation, 0 when absent) and ``gain`` (Poisson gain, 0 when absent).
+    Attributes: ``sigma`` (Gaussian standard deviation, 0 when absent) and ``gain``
+    (Poisson gain, 0 when absent). A model of the Poisson-Gaussian family answers
+    :meth:`risk_parameters` so that unbiased risk estimates (SURE / PURE / PG-URE,
+    :class:`~eqdeq_cli.losses.SURELoss`) know which estimator applies.
     """
 
     sigma: float = 0.0
@@ -26,12 +30,23 @@ class NoiseModel(nn.Module):
     def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def risk_parameters(self) -> tuple[float, float]:
+        """``(γ, σ)`` of ``y = γ·Poisson(z/γ) + σε`` that this model is (γ = 0: no Poisson part).
+
+        Raises ``ValueError`` for a model outside that family: no unbiased estimator exists.
+        """
+        raise ValueError(f"SURELoss has no unbiased estimator for noise model {type(self).__name__}; "
+                         "supported: NoNoise, GaussianNoise, PoissonNoise, PoissonGaussianNoise")
+
 
 class NoNoise(NoiseModel):
     """Noiseless measurements: returns its input unchanged."""
 
     def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return y
+
+    def risk_parameters(self) -> tuple[float, float]:
+        return 0.0, 0.0
 
 
 class LinearPhysics(nn.Module):
@@ -90,7 +105,7 @@ class LinearPhysics(nn.Module):
         """Spectral norm ``‖A‖₂`` estimated by power iteration on ``AᵀA``."""
         device = _module_device(self)
         g = torch.Generator(device="cpu").manual_seed(seed)
-        x = torch.randn((1,) + tuple(self.img_shape), generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+        x = randn_on_cpu((1,) + tuple(self.img_shape), g, dtype=dtype, device=device, draw_dtype=torch.float64)
         x = x / x.norm()
         lam = 0.0
         for _ in range(n_iter):
@@ -110,8 +125,7 @@ class LinearPhysics(nn.Module):
         """
         device = _module_device(self)
         g = torch.Generator(device="cpu").manual_seed(seed)
-        z = torch.randn((n_probes,) + tuple(self.img_shape), generator=g, dtype=torch.float64)
-        z = z.to(device=device, dtype=torch.float32)
+        z = randn_on_cpu((n_probes,) + tuple(self.img_shape), g, device=device, draw_dtype=torch.float64)
         n = z[0].numel()
         return float(self.A(z).pow(2).sum() / (n_probes * n))
 
@@ -123,32 +137,6 @@ class LinearPhysics(nn.Module):
         """
         rhs = self.A_adjoint(y) + z / gamma
         return conjugate_gradient(lambda v: self.AtA(v) + v / gamma, rhs, x0=z, n_iter=n_iter, tol=tol)
-
-
-def conjugate_gradient(op: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
-                       x0: torch.Tensor | None = None, n_iter: int = 20, tol: float = 1e-6) -> torch.Tensor:
-    """Solve ``op(x) = b`` for a symmetric positive-definite ``op``, batched over dim 0.
-
-    Each sample has its own step sizes; iteration stops when every sample's relative
-    residual is below ``tol`` or after ``n_iter`` steps. Differentiable by autograd.
-    """
-    dims = tuple(range(1, b.ndim))
-    x = torch.zeros_like(b) if x0 is None else x0
-    r = b - op(x)
-    p = r
-    rs = (r * r).sum(dim=dims, keepdim=True)
-    b_norm2 = (b * b).sum(dim=dims, keepdim=True).clamp_min(1e-30)
-    for _ in range(n_iter):
-        if bool((rs <= tol**2 * b_norm2).all()):
-            break
-        Ap = op(p)
-        alpha = rs / (p * Ap).sum(dim=dims, keepdim=True).clamp_min(1e-30)
-        x = x + alpha * p
-        r = r - alpha * Ap
-        rs_new = (r * r).sum(dim=dims, keepdim=True)
-        p = r + (rs_new / rs.clamp_min(1e-30)) * p
-        rs = rs_new
-    return x
 
 
 def _module_device(module: nn.Module) -> torch.device:

@@ -1,8 +1,8 @@
 r"""Noise models ``y = N(z)`` applied to clean measurements ``z = A x``.
 
-Every model samples from an optional CPU ``torch.Generator``: the noise is drawn on the
-CPU (in the measurement's dtype) and moved to the measurement's device, so a run is
-reproducible on any device. Without a generator the global RNG of ``z``'s device is used.
+Every model samples from an optional CPU ``torch.Generator`` (the global CPU RNG without
+one): the noise is drawn on the CPU (in the measurement's dtype) and moved to the
+measurement's device, so a run is reproducible on any device (:mod:`eqdeq_cli.utils.draws`).
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ..utils.draws import poisson_like, randn_like
 from .base import NoiseModel
 
 
@@ -23,18 +24,6 @@ def _check_gain(gain: float) -> float:
     if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain > 0):
         raise ValueError(f"Poisson gain must be a finite number > 0, got {gain!r}")
     return float(gain)
-
-
-def _standard_normal(z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    if generator is None:
-        return torch.randn_like(z)
-    return torch.randn(z.shape, generator=generator, dtype=z.dtype, device="cpu").to(z.device)
-
-
-def _poisson_counts(rate: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    if generator is None:
-        return torch.poisson(rate)
-    return torch.poisson(rate.detach().cpu(), generator=generator).to(rate.device)
 
 
 class GaussianNoise(NoiseModel):
@@ -52,7 +41,10 @@ class GaussianNoise(NoiseModel):
     def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.sigma == 0.0:
             return y
-        return y + self.sigma * _standard_normal(y, generator)
+        return y + self.sigma * randn_like(y, generator)
+
+    def risk_parameters(self) -> tuple[float, float]:
+        return 0.0, self.sigma
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
@@ -71,7 +63,10 @@ class PoissonNoise(NoiseModel):
         self.sigma = 0.0
 
     def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.gain * _poisson_counts(y.clamp_min(0) / self.gain, generator)
+        return self.gain * poisson_like(y.clamp_min(0) / self.gain, generator)
+
+    def risk_parameters(self) -> tuple[float, float]:
+        return self.gain, 0.0
 
     def extra_repr(self) -> str:
         return f"gain={self.gain}"
@@ -90,10 +85,13 @@ class PoissonGaussianNoise(NoiseModel):
         self.sigma = _check_sigma(sigma)
 
     def forward(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        counts = self.gain * _poisson_counts(y.clamp_min(0) / self.gain, generator)
+        counts = self.gain * poisson_like(y.clamp_min(0) / self.gain, generator)
         if self.sigma == 0.0:
             return counts
-        return counts + self.sigma * _standard_normal(y, generator)
+        return counts + self.sigma * randn_like(y, generator)
+
+    def risk_parameters(self) -> tuple[float, float]:
+        return self.gain, self.sigma
 
     def extra_repr(self) -> str:
         return f"gain={self.gain}, sigma={self.sigma}"

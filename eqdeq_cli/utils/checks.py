@@ -1,0 +1,32 @@
+"""Strict checks of numeric arguments, with one message format naming the bad value.
+
+``True`` is not an integer here and ``1.0`` is not an integer either: a config that
+says ``max_iter: true`` or ``n_probes: 2.5`` is a mistake to report, not to coerce.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` if it is an ``int`` (not a ``bool``) ≥ ``minimum``; else raise
+    ``ValueError("<name> must be an integer >= <minimum>, got <value>")``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_real(name: str, value: object, *, low: float, high: float = math.inf,
+               low_inclusive: bool = False, high_inclusive: bool = True) -> float:
+    """Return ``float(value)`` if it is a finite real number (not a ``bool``) in the interval;
+    else raise ``ValueError("<name> must be a real number in (low, high], got <value>")``."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = (v >= low if low_inclusive else v > low) and (v <= high if high_inclusive else v < high)
+    if not ok:
+        lo = "[" if low_inclusive else "("
+        hi = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be a real number in {lo}{low}, {high}{hi}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
