@@ -246,3 +246,16 @@ def test_boolean_overrides_in_any_case_are_one_value(tmp_path: Path) -> None:
     write_job(tmp_path / "1", ["grad=jfb", "trainer.progress=false", "seed=1"], {"psnr": 32.0})
     (row,) = collect(tmp_path).rows
     assert row.n == 2 and row.summaries["psnr"].mean == 31.0
+
+
+def test_markdown_leaves_out_bookkeeping_columns(tmp_path: Path) -> None:
+    """One column named n (the job count); step counters and the sample count are not results."""
+    for seed in (0, 1):
+        write_job(tmp_path / str(seed), [f"seed={seed}"],
+                  {"psnr": 30.0 + seed, "n": 8.0, "step": 2, "steps": 2, "nonfinite": 0.0,
+                   "best_val": {"value": 29.0, "step": 2}})
+    table = collect(tmp_path)
+    header = table.to_markdown().splitlines()[2 if table.fixed else 0]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == ["n", "failures", "psnr", "best_val.value"]
+    assert {"n", "step", "steps", "nonfinite", "best_val.step"} <= set(table.metrics)  # still in the CSV

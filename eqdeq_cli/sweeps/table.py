@@ -43,6 +43,9 @@ __all__ = ["Summary", "GroupRow", "SweepTable", "collect", "format_summary"]
 
 #: Metrics listed first, in this order; any other numeric key follows alphabetically.
 PREFERRED_METRICS: tuple[str, ...] = ("psnr", "ssim", "psnr_init", "ssim_init", "iters_mean")
+#: Bookkeeping numbers of ``metrics.json``, kept in the CSV files but left out of the Markdown
+#: table unless asked for (``n`` would also clash with the table's own job count).
+BOOKKEEPING: tuple[str, ...] = ("n", "step", "steps", "best_val.step", "nonfinite")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class SweepTable:
     fixed: dict[str, str]
     metrics: list[str]
     rows: list[GroupRow] = field(default_factory=list)
+    #: The metrics of the Markdown table (default: :attr:`metrics` without :data:`BOOKKEEPING`).
+    shown: list[str] | None = None
 
     @property
     def failed(self) -> list[JobResult]:
@@ -120,13 +125,14 @@ class SweepTable:
         if self.fixed:
             fixed = " ".join(f"`{k}={v}`" for k, v in self.fixed.items())
             lines += [f"Common overrides: {fixed}", ""]
-        header = [*self.group_keys, "n", "failures", *self.metrics]
-        align = ["---"] * len(self.group_keys) + ["---:"] * (2 + len(self.metrics))
+        shown = self.metrics if self.shown is None else self.shown
+        header = [*self.group_keys, "n", "failures", *shown]
+        align = ["---"] * len(self.group_keys) + ["---:"] * (2 + len(shown))
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(align) + "|")
         for row in self.rows:
             cells = [*row.values, str(row.n), str(row.failures)]
-            cells += [format_summary(row.summaries.get(m)) for m in self.metrics]
+            cells += [format_summary(row.summaries.get(m)) for m in shown]
             lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
         if self.failed:
             lines += ["", f"Failed or incomplete jobs ({len(self.failed)}):", ""]
@@ -207,7 +213,8 @@ def collect(
                 )
         fixed = {k: v for k, v in fixed.items() if k not in keys}
 
-    table = SweepTable(sweep_dir=root, jobs=jobs, group_keys=keys, fixed=fixed, metrics=chosen)
+    shown = chosen if metrics is not None else [m for m in chosen if m not in BOOKKEEPING]
+    table = SweepTable(sweep_dir=root, jobs=jobs, group_keys=keys, fixed=fixed, metrics=chosen, shown=shown)
     groups: dict[tuple[str, ...], list[JobResult]] = {}
     for job in jobs:
         value = tuple("" if (v := _lookup(job, k)) is None else v for k in keys)
