@@ -2,6 +2,7 @@
 train for a step, and the identifiability preflight accepts their groups."""
 from __future__ import annotations
 
+import logging
 import math
 import pytest
 import torch
@@ -168,3 +169,11 @@ def test_preflight_needs_a_group_for_ei(compose_cfg):
     physics, _, loss = _physics_group_loss(compose_cfg, ["experiment=inpainting_ei_implicit"])
     with pytest.raises(ValueError, match="group"):
         check_group(physics, None, loss)
+
+
+def test_preflight_of_the_default_ct_run_emits_no_warning(compose_cfg, caplog):
+    """A warning must name something the user can change; the preflight's CG budget is not a setting."""
+    physics, group, loss = _physics_group_loss(compose_cfg, ["experiment=ct_ei_implicit"])
+    with caplog.at_level(logging.WARNING):
+        assert check_group(physics, group, loss) is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
