@@ -21,9 +21,9 @@ CONTRACT = [".hydra/config.yaml", ".hydra/overrides.yaml", "checkpoints/last.pt"
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, cache_dir):
-    """One ``eqdeq train +debug=smoke`` run through the real command, shared by the tests below."""
+    """One ``eqdeq train debug=smoke`` run through the real command, shared by the tests below."""
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    assert cli.main(["train", "+debug=smoke", f"hydra.run.dir={run_dir}"]) == 0
+    assert cli.main(["train", "debug=smoke", f"hydra.run.dir={run_dir}"]) == 0
     return run_dir
 
 

@@ -43,11 +43,11 @@ def write_job(
 
 
 def make_sweep(root: Path, *, fail_jfb_seed2: bool = False) -> Path:
-    """`eqdeq train -m +debug=smoke grad=implicit,jfb seed=0,1,2` with numbered job dirs."""
+    """`eqdeq train -m debug=smoke grad=implicit,jfb seed=0,1,2` with numbered job dirs."""
     (root / ".submitit" / "123_0").mkdir(parents=True)  # submitit's folder must be ignored
     OmegaConf.save(OmegaConf.create({"hydra": {"mode": "MULTIRUN"}}), root / "multirun.yaml")
     for num, ((grad, seed), psnr) in enumerate(PSNR.items()):
-        overrides = ["+debug=smoke", f"grad={grad}", f"seed={seed}"]
+        overrides = ["debug=smoke", f"grad={grad}", f"seed={seed}"]
         metrics = {
             "psnr": psnr,
             "ssim": 0.8 + 0.01 * seed,

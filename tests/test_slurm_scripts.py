@@ -143,11 +143,11 @@ def write_sweep_file(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("task,expected", [("0", ["grad=implicit", "seed=0"]), ("2", ["grad=jfb", "seed=0"])])
 def test_array_task_runs_its_line(tmp_path: Path, task: str, expected: list[str]) -> None:
     env = make_env(tmp_path, SLURM_ARRAY_JOB_ID="900", SLURM_ARRAY_TASK_ID=task, SLURM_JOB_ID="917")
-    res = run_script("array_sweep.sbatch", [str(write_sweep_file(tmp_path)), "+debug=smoke"], env)
+    res = run_script("array_sweep.sbatch", [str(write_sweep_file(tmp_path)), "debug=smoke"], env)
     assert res.returncode == 0, res.stderr
     (call,) = calls(tmp_path)
     run_dir = tmp_path / "out" / "ctjob" / "900" / task  # stable under requeue, a sweep dir layout
-    assert call[-4:] == [f"hydra.run.dir={run_dir}", "+debug=smoke", *expected]
+    assert call[-4:] == [f"hydra.run.dir={run_dir}", "debug=smoke", *expected]
 
 
 def test_array_task_out_of_range_is_a_clear_error(tmp_path: Path) -> None:

@@ -203,9 +203,9 @@ def runner_ready() -> str | None:
         return f"the runner is not importable yet: {exc}"
     try:
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-            compose("train", overrides=["+debug=smoke"])
+            compose("train", overrides=["debug=smoke"])
     except Exception as exc:
-        return f"configs/train.yaml +debug=smoke does not compose yet: {exc}"
+        return f"configs/train.yaml debug=smoke does not compose yet: {exc}"
     return None
 
 
@@ -217,7 +217,7 @@ def test_local_submitit_sweep_is_collected(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     env = {**os.environ, "EQDEQ_CACHE_DIR": str(tmp_path / "cache")}
     res = subprocess.run(
-        [sys.executable, "-m", "eqdeq_cli.cli", "train", "-m", "hydra/launcher=local", "+debug=smoke",
+        [sys.executable, "-m", "eqdeq_cli.cli", "train", "-m", "hydra/launcher=local", "debug=smoke",
          "seed=0,1", f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
