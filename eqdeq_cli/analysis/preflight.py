@@ -48,8 +48,8 @@ def check_group(physics: LinearPhysics, group: Group | None, loss: Any, *, n_sam
     built-in groups that would work. The check draws ``n_samples`` random images from a
     CPU generator seeded with ``seed`` (it does not touch the global RNG) and does not
     log the message itself; the caller decides (``log.warning(message)``). It works in
-    float32 with ``cg_iter`` conjugate-gradient steps for the nullspace projection (CT:
-    about 1 s at 64×64 on a 2-core CPU); the verdicts it must tell apart differ by
+    float32 with ``cg_iter`` conjugate-gradient steps for the nullspace projection (its
+    cost: docs/experiments.md, section 4); the verdicts it must tell apart differ by
     orders of magnitude (``ρ ≈ 1e-7`` for an equivariant operator in float32, ``ρ`` of
     order 0.5–1 for a useful group), so this precision is ample.
 

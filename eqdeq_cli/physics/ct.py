@@ -31,9 +31,9 @@ class CTRadon(LinearPhysics):
 
     :meth:`A_dagger` is filtered back-projection: ramp-filter each view (zero-padded FFT),
     back-project with the system matrix's transpose, multiply by ``π / n_views`` and undo
-    the normalisation, so that ``A_dagger(A x) ≈ x`` in intensity. (Back-projecting by
-    linear interpolation on the detector instead gave the same PSNR within ±0.3 dB on
-    Shepp-Logan phantoms, 64² to 128², 30 to 180 views, so the stored ``Aᵀ`` is reused.) For an angular range
+    the normalisation, so that ``A_dagger(A x) ≈ x`` in intensity. The stored ``Aᵀ`` is
+    reused rather than a separate interpolating back-projector: one matrix, and no loss of
+    FBP quality (docs/experiments.md, "FBP back-projection"). For an angular range
     other than 180° the same ``π / n_views`` weight is used (exact for 360°).
 
     Shapes: images ``(B, C, N, N)``; measurements ``(B, C, n_views, n_detectors)``.
