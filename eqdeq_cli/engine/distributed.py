@@ -179,10 +179,6 @@ class Distributed:
         return f"Distributed(rank={self.rank}, world_size={self.world_size}, local_rank={self.local_rank})"
 
     # -- collectives -------------------------------------------------------------------
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Sum of ``values`` over ranks (a new tensor on ``values``' device)."""
         if not self.enabled:
