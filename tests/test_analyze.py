@@ -16,7 +16,7 @@ from torch import nn
 from conftest import CONFIG_DIR, TINY
 from eqdeq_cli import cli
 from eqdeq_cli.runs import train as run
-from eqdeq_cli.analysis.report import SUMMARY_KEYS, AnalysisSettings, analyze_deq
+from eqdeq_cli.analysis.report import SUMMARY_KEYS, AnalysisSettings, analysis_stages, analyze_deq
 from eqdeq_cli.sweeps.table import collect
 from eqdeq_cli.commands.collect import main as collect_main
 from eqdeq_cli.sweeps.compare import comparison_figure, comparison_markdown
@@ -83,6 +83,19 @@ def test_report_detects_an_asymmetric_jacobian():
     assert math.isnan(s["ident_rho"])  # skipped
 
 
+@pytest.mark.parametrize("identifiability_samples", [0, 2])
+def test_report_announces_each_stage_once_in_order(identifiability_samples):
+    """The progress bar of ``eqdeq analyze`` has as many steps as the report announces."""
+    deq, physics = _deq(Scale(0.5))
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
+    settings = AnalysisSettings(n_images=2, n_elements=1, n_probes=1, power_iter=2,
+                                identifiability_samples=identifiability_samples)
+    seen: list[str] = []
+    analyze_deq(deq, Shifts(), physics.A(x), x, settings=settings, on_stage=seen.append)
+    assert tuple(seen) == analysis_stages(settings)
+    assert ("identifiability" in seen) == (identifiability_samples > 0)
+
+
 def test_settings_reject_bad_values():
     with pytest.raises(ValueError, match="n_elements"):
         AnalysisSettings(n_elements=0)
@@ -125,6 +138,15 @@ def test_analyze_applies_overrides_and_writes_to_out(trained_run, tmp_path):
     report = json.loads((out / "analysis.json").read_text())
     assert report["summary"]["solver_iters"] <= 2
     assert not (trained_run / "analysis.json").exists()
+
+
+def test_analyze_progress_follows_the_trainer_setting(trained_run, tmp_path, capsys):
+    """The run was trained with trainer.progress=false: no bar, unless the command line asks."""
+    args = ["analyze", f"ckpt={trained_run}", *QUICK, f"analysis.out={tmp_path}"]
+    assert cli.main(args) == 0
+    assert "analyze:" not in capsys.readouterr().err
+    assert cli.main([*args, "trainer.progress=true"]) == 0
+    assert "analyze:" in capsys.readouterr().err
 
 
 def test_analyze_errors_are_one_line(tmp_path, capsys):

@@ -30,7 +30,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -42,7 +42,7 @@ from .jacobian import jacobian_asymmetry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AnalysisSettings", "analyze_deq", "denoiser_input", "plot_analysis", "SUMMARY_KEYS"]
+__all__ = ["AnalysisSettings", "analysis_stages", "analyze_deq", "denoiser_input", "plot_analysis", "SUMMARY_KEYS"]
 
 #: Scalars of ``analysis.json["summary"]`` (the collector reads them as ``an_<key>``).
 SUMMARY_KEYS: tuple[str, ...] = (
@@ -79,6 +79,12 @@ class AnalysisSettings:
                              f"got {self.identifiability_samples!r}")
 
 
+def analysis_stages(settings: AnalysisSettings) -> tuple[str, ...]:
+    """The stages :func:`analyze_deq` reports to ``on_stage``, in order (a progress bar's steps)."""
+    stages = ("solve", "equivariance", "jacobian", "contraction")
+    return stages + (("identifiability",) if settings.identifiability_samples > 0 else ())
+
+
 def denoiser_input(fmap: torch.nn.Module, z: torch.Tensor, ctx: Any) -> torch.Tensor:
     """The input the map's denoiser receives in ``fmap(z, ctx)`` (captured by a hook, so
     it works for any map: ``z − γAᵀ(Az − y)`` for prox-gradient, ``prox_γf(z)`` for HQS)."""
@@ -99,14 +105,18 @@ def _brief(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def analyze_deq(deq: torch.nn.Module, group: Any, y: torch.Tensor, x: torch.Tensor | None = None, *,
-                settings: AnalysisSettings = AnalysisSettings()) -> dict[str, Any]:
+                settings: AnalysisSettings = AnalysisSettings(),
+                on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Analyse ``deq`` (a :class:`~eqdeq_cli.deq.DEQ`) on measurements ``y`` (``B`` samples).
 
     ``x``: the ground-truth images ``(B, C, H, W)`` if known (used for the reconstructor's
     equivariance; otherwise the reconstructions are used). The DEQ is put in eval mode
     (its eval solver) and restored afterwards. Returns the dict written as
     ``analysis.json`` (see the module notes), with ``"summary"`` holding :data:`SUMMARY_KEYS`.
+    ``on_stage(name)`` is called as each of :func:`analysis_stages` ends (e.g. to advance a
+    progress bar).
     """
+    done = on_stage if on_stage is not None else (lambda _stage: None)
     fmap, physics = deq.fmap, deq.fmap.physics
     denoiser = fmap.denoiser
     gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
@@ -117,6 +127,7 @@ def analyze_deq(deq: torch.nn.Module, group: Any, y: torch.Tensor, x: torch.Tens
             z_star = deq(y)
             stats = deq.last_stats.forward
             ctx = fmap.prepare(y)
+        done("solve")
         u_star = denoiser_input(fmap, z_star, ctx)
         h, w = z_star.shape[-2:]
         mask = group.field_of_view(h, w, device=z_star.device, dtype=z_star.dtype)
@@ -124,13 +135,17 @@ def analyze_deq(deq: torch.nn.Module, group: Any, y: torch.Tensor, x: torch.Tens
         eq_d = equivariance_error(denoiser, group, u_star, settings.n_elements, gen, mask)
         eq_r = equivariance_error(measure_then_reconstruct(deq, physics), group, images, settings.n_elements,
                                   gen, mask)
+        done("equivariance")
         jac_d = jacobian_asymmetry(denoiser, u_star, settings.n_probes, gen, n_power_iter=settings.power_iter)
         jac_l = jacobian_asymmetry(lambda u: u - denoiser(u), u_star, settings.n_probes, gen, n_power_iter=0)
+        done("jacobian")
         lip = spectral_norm_per_sample(lambda z: fmap(z, ctx), z_star, n_iter=settings.power_iter, generator=gen)
+        done("contraction")
         ident = None
         if settings.identifiability_samples > 0:
             ident = identifiability(physics, group, n_samples=settings.identifiability_samples, generator=gen,
                                     cg_iter=200, dtype=torch.float32)
+            done("identifiability")
     finally:
         deq.train(was_training)
     spectrum = jac_d["spectrum"]

@@ -20,8 +20,9 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..analysis.report import AnalysisSettings, analyze_deq, plot_analysis
+from ..analysis.report import AnalysisSettings, analysis_stages, analyze_deq, plot_analysis
 from ..engine.checkpoint import resolve_checkpoint_path
+from ..engine.logs import progress_bar
 from ..engine.settings import resolve_device
 from ..errors import user_error_message
 from ..sweeps.jobs import find_job_dirs
@@ -55,7 +56,8 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
     """Analyse checkpoint ``ckpt`` with the run's saved config plus ``overrides``.
 
     Writes ``analysis.json`` and ``analysis.png`` into ``out_dir`` and returns the report
-    (plus ``checkpoint``, ``step`` and ``split``).
+    (plus ``checkpoint``, ``step`` and ``split``). A progress bar over the analysis stages
+    follows the run's ``trainer.progress`` setting.
     """
     options = OmegaConf.to_container(cfg.analysis, resolve=True) if "analysis" in cfg else {}
     options.pop("out", None)
@@ -71,7 +73,17 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
     y = data.tensors["y"][:n].to(device)
     x = data.tensors["x"][:n].to(device) if "x" in data.tensors else None
     comps.deq.to(device)
-    report = analyze_deq(comps.deq, comps.group, y, x, settings=settings)
+    progress = bool(OmegaConf.select(run_cfg, "trainer.progress", default=True))
+    bar = progress_bar(total=len(analysis_stages(settings)), desc="analyze", unit="stage", enabled=progress)
+
+    def stage_done(name: str) -> None:
+        bar.set_postfix_str(name, refresh=False)
+        bar.update()
+
+    try:
+        report = analyze_deq(comps.deq, comps.group, y, x, settings=settings, on_stage=stage_done)
+    finally:
+        bar.close()
     report = {"checkpoint": str(resolve_checkpoint_path(ckpt).resolve()), "step": int(payload["step"]),
               "split": split, **report}
     out = Path(out_dir)
@@ -108,8 +120,13 @@ def analyze_sweep(cfg: DictConfig, sweep_dir: str | Path, *, overrides: Sequence
             analyze_checkpoint(cfg, job, out_dir=target, overrides=overrides)
             results[rel] = "ok"
         except Exception as exc:  # one broken job must not stop the others
-            message = user_error_message(exc) or f"{type(exc).__name__}: {exc}"
-            log.error("job %s: analysis failed: %s", rel, message, exc_info=True)
+            message = user_error_message(exc)
+            if message is None:  # a bug: its traceback on the console too
+                message = f"{type(exc).__name__}: {exc}"
+                log.error("job %s: analysis failed: %s", rel, message, exc_info=True)
+            else:  # the user's to fix: one line on the console, the traceback in the log file
+                log.error("job %s: analysis failed: %s", rel, message, exc_info=True, extra={"file_only": True})
+                log.error("job %s: analysis failed: %s", rel, message, extra={"console_only": True})
             results[rel] = message
     failed = {k: v for k, v in results.items() if v != "ok"}
     log.info("analysed %d of %d jobs under %s", len(results) - len(failed), len(results), root)
