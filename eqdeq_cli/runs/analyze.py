@@ -32,25 +32,6 @@ from .restore import measurement_sets, restore_run
 log = logging.getLogger(__name__)
 
 
-def checkpoint_run_dir(ckpt: str | Path) -> Path:
-    """The run directory of a checkpoint: ``<run>/checkpoints/x.pt`` → ``<run>``; a directory → itself."""
-    p = Path(ckpt).expanduser()
-    if p.is_dir():
-        return p
-    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
-
-
-def output_dir(ckpt: Any, sweep: Any, out: Any) -> str:
-    """Where ``eqdeq analyze`` writes (the resolver of ``hydra.run.dir`` in ``analyze.yaml``)."""
-    if out not in (None, ""):
-        return str(out)
-    if sweep not in (None, ""):
-        return str(sweep)
-    if ckpt not in (None, ""):
-        return str(checkpoint_run_dir(str(ckpt)))
-    return "outputs/analyze"
-
-
 def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path,
                        overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Analyse checkpoint ``ckpt`` with the run's saved config plus ``overrides``.
