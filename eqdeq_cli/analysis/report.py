@@ -74,9 +74,7 @@ class AnalysisSettings:
     def __post_init__(self) -> None:
         for name in ("n_images", "n_elements", "n_probes", "power_iter"):
             check_int(f"analysis.{name}", getattr(self, name), 1)
-        if not isinstance(self.identifiability_samples, int) or self.identifiability_samples < 0:
-            raise ValueError(f"analysis.identifiability_samples must be an integer >= 0 (0 skips the check), "
-                             f"got {self.identifiability_samples!r}")
+        check_int("analysis.identifiability_samples (0 skips the check)", self.identifiability_samples, 0)
 
 
 def analysis_stages(settings: AnalysisSettings) -> tuple[str, ...]:

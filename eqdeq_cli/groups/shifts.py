@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..utils.checks import check_int
 from .base import Group, check_images, randint
 
 _FULL_RANGE = 2**40
@@ -26,8 +27,8 @@ class Shifts(Group):
     """
 
     def __init__(self, *, max_shift: int | None = None) -> None:
-        if max_shift is not None and (isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 1):
-            raise ValueError(f"Shifts: max_shift must be an integer ≥ 1 or null (any shift), got {max_shift!r}")
+        if max_shift is not None:
+            check_int("Shifts: max_shift (null: any shift)", max_shift, 1)
         self.max_shift = max_shift
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None,

@@ -11,7 +11,6 @@ the same ``α`` as in ``‖A x₁ − y‖² + α‖x₃ − x₂‖²``.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from ..groups import Group
 from ..physics import LinearPhysics
+from ..utils.checks import check_real
 
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,8 +40,8 @@ class LossTerm(nn.Module):
             if weight != "auto" or not self.supports_auto_weight:
                 valid = "a number ≥ 0 or 'auto'" if self.supports_auto_weight else "a number ≥ 0"
                 raise ValueError(f"{type(self).__name__}: weight must be {valid}, got {weight!r}")
-        elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"{type(self).__name__}: weight must be a finite number ≥ 0, got {weight!r}")
+        else:
+            check_real(f"{type(self).__name__}: weight", weight, low=0.0, low_inclusive=True)
         self.weight = weight if isinstance(weight, str) else float(weight)
         self.resolved_weight: float | None = None if isinstance(weight, str) else float(weight)
 

@@ -32,7 +32,7 @@ import torch
 
 from ..groups import Group
 from ..physics import LinearPhysics
-from ..utils.checks import check_int
+from ..utils.checks import check_int, check_real
 from ..utils.draws import randn_like
 from .base import LossTerm, Reconstructor, dot, image_elements, sq_norm
 
@@ -54,8 +54,7 @@ class SURELoss(LossTerm):
 
     def __init__(self, *, weight: float = 1.0, tau: float = 1e-3, n_probes: int = 1) -> None:
         super().__init__(weight)
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
-            raise ValueError(f"SURELoss: tau must be a number > 0, got {tau!r}")
+        check_real("SURELoss: tau", tau, low=0.0)
         check_int("SURELoss: n_probes", n_probes, 1)
         self.tau = float(tau)
         self.n_probes = n_probes

@@ -20,12 +20,17 @@ def check_int(name: str, value: object, minimum: int) -> int:
 def check_real(name: str, value: object, *, low: float, high: float = math.inf,
                low_inclusive: bool = False, high_inclusive: bool = True) -> float:
     """Return ``float(value)`` if it is a finite real number (not a ``bool``) in the interval;
-    else raise ``ValueError("<name> must be a real number in (low, high], got <value>")``."""
+    else raise ``ValueError("<name> must be a real number in (low, high], got <value>")``, or,
+    with no upper bound, ``ValueError("<name> must be a finite real number > low, got <value>")``
+    (infinity is never accepted, so the message does not offer it)."""
     ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
     if ok:
         v = float(value)  # type: ignore[arg-type]
         ok = (v >= low if low_inclusive else v > low) and (v <= high if high_inclusive else v < high)
     if not ok:
+        if math.isinf(high):
+            bound = f"{'>=' if low_inclusive else '>'} {low}"
+            raise ValueError(f"{name} must be a finite real number {bound}, got {value!r}")
         lo = "[" if low_inclusive else "("
         hi = "]" if high_inclusive else ")"
         raise ValueError(f"{name} must be a real number in {lo}{low}, {high}{hi}, got {value!r}")
