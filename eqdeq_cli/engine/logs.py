@@ -1,8 +1,9 @@
-"""Where numbers go: ``metrics.csv``, TensorBoard (``tb/``), and a tqdm-safe log handler."""
+"""Where numbers go: ``metrics.csv``, TensorBoard (``tb/``) and progress bars.
+
+The console and log-file handlers of the commands are :mod:`eqdeq_cli.commands.console`'s."""
 from __future__ import annotations
 
 import csv
-import logging
 import math
 import os
 import sys
@@ -13,19 +14,6 @@ import torch
 
 #: Leading columns of ``metrics.csv``; metric columns follow in sorted order.
 CSV_LEAD = ("step", "split", "time_s")
-
-
-class TqdmLoggingHandler(logging.StreamHandler):
-    """A stream handler that writes through ``tqdm.write`` so progress bars stay intact."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            from tqdm import tqdm
-
-            tqdm.write(self.format(record), file=self.stream)
-            self.flush()
-        except Exception:  # pragma: no cover - mirrors logging.Handler.handleError
-            self.handleError(record)
 
 
 def progress_bar(*, total: int, desc: str, unit: str, enabled: bool, initial: int = 0) -> Any:
@@ -100,17 +88,3 @@ class TensorBoard:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
-
-
-class ConsoleFilter(logging.Filter):
-    """Keeps records marked ``extra={"file_only": True}`` (tracebacks, the full config) off the console."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(record, "file_only", False)
-
-
-class FileFilter(logging.Filter):
-    """Keeps records marked ``extra={"console_only": True}`` out of the log file."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(record, "console_only", False)
