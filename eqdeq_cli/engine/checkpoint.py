@@ -63,6 +63,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                               f"PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
     if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
         raise CheckpointError(f"{str(p)!r} is not an eqdeq checkpoint: expected a dict with keys {list(REQUIRED_KEYS)}")
+    if not isinstance(payload["config"], dict):
+        raise CheckpointError(f"{str(p)!r} is not an eqdeq checkpoint: its config is a "
+                              f"{type(payload['config']).__name__}, not a mapping")
     if payload.get("format", 0) > FORMAT:
         raise CheckpointError(f"{str(p)!r} was written by a newer eqdeq (format {payload['format']} > {FORMAT})")
     return payload

@@ -1,7 +1,8 @@
 """A trained run, rebuilt from its checkpoint, and the measurement sets of a run.
 
 Used by ``eqdeq eval`` and ``eqdeq analyze``: the config saved in the checkpoint is the
-run's; the command line's overrides replace the matching parts of it.
+run's; the command line's overrides replace the matching parts of it. The result is built
+only if every ``_target_`` in it is trusted (:mod:`eqdeq_cli.trust`).
 """
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from ..components import Components, build_components
-from ..engine.checkpoint import load_checkpoint, load_model_state
+from ..engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint_path
 from ..engine.measurements import simulate_measurements
 from ..engine.state import seed_everything
 from ..errors import CheckpointError
+from ..trust import TRUST_KEY, TrustedTargets, check_saved_config, resolved_saved_config
 
 log = logging.getLogger(__name__)
 
 #: Keys of ``eval.yaml`` / ``analyze.yaml`` that belong to the command, not to the trained run.
-COMMAND_KEYS = ("task", "ckpt", "sweep", "split", "resume", "analysis")
+COMMAND_KEYS = ("task", "ckpt", "sweep", "split", "resume", "analysis", TRUST_KEY)
 SPLITS = ("train", "val", "test")
 _ABSENT = object()
 
@@ -64,12 +66,18 @@ def restore_run(ckpt: str | Path, cfg: DictConfig, overrides: Sequence[str],
     ``overrides`` applied from ``cfg``, the components built from it (seeded as the run
     was) with the checkpoint's weights loaded, and the checkpoint itself. Raises
     ``ValueError`` for an unknown split and :class:`~eqdeq_cli.errors.CheckpointError`
-    for a missing, unreadable or mismatched checkpoint.
+    for a missing, unreadable or mismatched checkpoint, or
+    :class:`~eqdeq_cli.trust.UntrustedTargetError` before anything is built when the
+    config names a ``_target_`` that ``cfg`` does not trust.
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not a split; valid: {', '.join(SPLITS)}")
+    trusted = TrustedTargets.for_command(cfg)
     payload = load_checkpoint(ckpt)
-    run_cfg = merge_saved_config(payload["config"], cfg, overrides)
+    source = str(resolve_checkpoint_path(ckpt))
+    resolved = resolved_saved_config(merge_saved_config(payload["config"], cfg, overrides), source)
+    check_saved_config(resolved, trusted, source)
+    run_cfg = OmegaConf.create(resolved)
     OmegaConf.set_struct(run_cfg, True)
     seed_everything(int(run_cfg.seed))
     comps = build_components(run_cfg)

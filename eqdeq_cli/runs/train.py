@@ -21,6 +21,7 @@ from ..engine.evaluate import evaluate_and_record
 from ..engine.settings import eval_settings, resolve_device, trainer_settings
 from ..engine.state import seed_everything
 from ..engine.trainer import StepCallback, Trainer, format_metrics
+from ..trust import TrustedTargets, check_saved_config, resolved_saved_config
 from ..utils.files import write_json
 from .restore import measurement_sets
 
@@ -36,6 +37,16 @@ def _resume_source(resume: str, run_dir: Path) -> Path | None:
         last = run_dir / "checkpoints" / "last.pt"
         return last if last.is_file() else None
     return resolve_checkpoint_path(resume)
+
+
+def _read_resume_checkpoint(source: Path, cfg: DictConfig, device: Any) -> dict[str, Any]:
+    """The checkpoint to resume from. Its saved config is not built (``cfg`` is), but it is
+    held to the same trust as in ``eqdeq eval``, before anything is built: a checkpoint
+    naming foreign code is refused whatever it is used for."""
+    checkpoint = load_checkpoint(source, map_location=device)
+    check_saved_config(resolved_saved_config(checkpoint["config"], str(source)), TrustedTargets.for_command(cfg),
+                       str(source))
+    return checkpoint
 
 
 def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallback] = (),
@@ -59,6 +70,8 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
     config = OmegaConf.to_container(cfg, resolve=True)
     log.info("run directory: %s", run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True), extra={"file_only": True})
+    source = _resume_source(str(cfg.resume), run_dir)
+    checkpoint = _read_resume_checkpoint(source, cfg, device) if source is not None else None
 
     seed_everything(int(cfg.seed))
     comps = build_components(cfg)
@@ -73,9 +86,8 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
                       train_data=sets["train"], val_data=sets["val"], settings=settings, eval_settings=es,
                       run_dir=run_dir, seed=int(cfg.seed), config=config, device=device, callbacks=tuple(callbacks),
                       dist=dist, stop_event=stop_event)
-    source = _resume_source(str(cfg.resume), run_dir)
-    if source is not None:
-        trainer.load_state_dict(load_checkpoint(source, map_location=device))
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
         log.info("resumed from %s at step %d", source, trainer.step)
     try:
         status = trainer.fit()
