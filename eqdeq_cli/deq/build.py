@@ -22,7 +22,8 @@ from torch import nn
 
 from eqdeq_cli.physics.base import LinearPhysics
 
-from .layer import DEQ, GRAD_MODES
+from .gradients import check_gradient_mode
+from .layer import DEQ
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,10 @@ class GradientSettings:
     warm_start: bool = False
 
     def __post_init__(self) -> None:
-        if self.mode not in GRAD_MODES:
-            raise ValueError(f"grad.mode must be one of {', '.join(GRAD_MODES)}; got {self.mode!r}")
+        try:
+            check_gradient_mode(self.mode)
+        except ValueError as err:
+            raise ValueError(f"grad.mode: {err}") from None
 
 
 def check_solver(solver: Callable[..., Any], name: str) -> None:

@@ -1,20 +1,11 @@
-r"""The DEQ layer: ``x = T_θ(x; y)`` solved by a fixed-point solver, with three ways of
-forming gradients.
+r"""The DEQ layer: ``x = T_θ(x; y)`` solved by a fixed-point solver.
 
-* ``implicit``: solve ``z* = T(z*; y)`` without autograd, take one tracked step
-  ``x = T(z*; y)`` and, in the backward pass, replace the incoming gradient ``g`` by
-  the solution of ``v = Jᵀv + g`` (``J = ∂T/∂z`` at ``z*``), found by the backward
-  solver with vector–Jacobian products. Then ``v`` flows through the tracked step to
-  ``θ`` **and** to ``y``, which gives the exact gradient of the equilibrium
-  ``dL/dθ = (∂T/∂θ)ᵀ (I − Jᵀ)⁻¹ g`` (likewise for ``y``). Memory does not depend on
-  the number of iterations.
-* ``jfb``: the same tracked step, with ``v = g`` (Jacobian-free backpropagation).
-* ``unrolled``: ``unroll_steps`` tracked iterations from ``A†y``; memory grows with them.
+How training differentiates it is a strategy object (:mod:`eqdeq_cli.deq.gradients`):
+implicit differentiation, Jacobian-free backpropagation or unrolling.
 
 A call is an ordinary differentiable function of ``y`` and ``θ`` whose backward is
 local to it, so losses calling the layer several times (one call's output feeding the
 next call's input, as in equivariant imaging) backpropagate with plain autograd.
-Double backward (``create_graph=True``) through the implicit mode is not supported.
 
 In training mode the forward solve uses ``forward_solver``; in eval mode it uses
 ``eval_solver`` for the implicit and JFB modes (the model *is* the fixed point; the mode
@@ -26,68 +17,19 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
+from ..utils.checks import check_int
+from .gradients import GRAD_MODES, DEQStats, GradientMode, Solver, gradient_mode
 from .maps import MapContext
-from .solvers import SolverStats
 
 log = logging.getLogger(__name__)
 
-Solver = Callable[..., tuple[torch.Tensor, SolverStats]]
-GRAD_MODES = ("implicit", "jfb", "unrolled")
 _STATS_KEPT = 64
 
-
-@dataclass
-class DEQStats:
-    """Statistics of one call: the forward solve and any backward solves it caused.
-
-    ``backward`` is filled when (and each time) the implicit backward runs.
-    """
-
-    forward: SolverStats
-    backward: list[SolverStats] = field(default_factory=list)
-    mode: str = "implicit"
-
-
-class _ImplicitGradient(torch.autograd.Function):
-    """Identity in the forward pass; in the backward pass maps ``g`` to ``v = Jᵀv + g``."""
-
-    @staticmethod
-    def forward(ctx, fz: torch.Tensor, z_leaf: torch.Tensor, solver: Solver,  # type: ignore[override]
-                record: list) -> torch.Tensor:
-        ctx.fz, ctx.z_leaf, ctx.solver, ctx.record = fz, z_leaf, solver, record
-        return fz.clone()
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        fz, z_leaf = ctx.fz, ctx.z_leaf
-
-        def vjp_map(v: torch.Tensor) -> torch.Tensor:
-            (jtv,) = torch.autograd.grad(fz, z_leaf, v, retain_graph=True)
-            return jtv + g
-
-        v, stats = ctx.solver(vjp_map, g)
-        ctx.record.append(stats)
-        if stats.nonfinite:
-            log.warning("implicit backward solve met a non-finite residual after %d iterations",
-                        stats.iterations)
-        return v, None, None, None
-
-
-def _unroll_stats(z_prev: torch.Tensor, z: torch.Tensor, steps: int, tol: float) -> SolverStats:
-    b = z.shape[0]
-    with torch.no_grad():
-        diff = (z - z_prev).reshape(b, -1).norm(dim=1).double()
-        res = diff / z.reshape(b, -1).norm(dim=1).double().clamp_min(1e-30)
-        res = torch.where(diff == 0, torch.zeros_like(res), res)
-    worst = float(res.max())
-    return SolverStats(iterations=steps, residual=res, converged=res <= tol,
-                       nonfinite=not torch.isfinite(res).all().item(), history=[worst])
+__all__ = ["DEQ", "DEQStats", "GRAD_MODES"]
 
 
 class DEQ(nn.Module):
@@ -119,20 +61,18 @@ class DEQ(nn.Module):
                  backward_solver: Solver | None = None, eval_solver: Solver | None = None,
                  unroll_steps: int = 10, warm_start: bool = False) -> None:
         super().__init__()
-        if grad not in GRAD_MODES:
-            raise ValueError(f"grad must be one of {', '.join(GRAD_MODES)}; got {grad!r}")
         for name, s in (("forward_solver", forward_solver), ("backward_solver", backward_solver),
                         ("eval_solver", eval_solver)):
             if s is not None and not callable(s):
                 raise TypeError(f"{name} must be callable solver(f, z0) -> (z, stats), got {type(s).__name__}")
-        if isinstance(unroll_steps, bool) or not isinstance(unroll_steps, int) or unroll_steps < 1:
-            raise ValueError(f"unroll_steps must be an integer >= 1, got {unroll_steps!r}")
+        check_int("unroll_steps", unroll_steps, 1)
         if not isinstance(warm_start, bool):
             raise ValueError(f"warm_start must be true or false, got {warm_start!r}")
         self.fmap = fmap
-        self.grad = grad
         self.forward_solver = forward_solver
         self.backward_solver = backward_solver if backward_solver is not None else forward_solver
+        self.gradient: GradientMode = gradient_mode(grad, backward_solver=self.backward_solver,
+                                                    unroll_steps=unroll_steps)
         self.eval_solver = eval_solver if eval_solver is not None else forward_solver
         self.unroll_steps = unroll_steps
         self.warm_start = warm_start
@@ -140,8 +80,13 @@ class DEQ(nn.Module):
         self._recent: deque[DEQStats] = deque(maxlen=_STATS_KEPT)
         self._previous: torch.Tensor | None = None
 
+    @property
+    def grad(self) -> str:
+        """The gradient mode's name: ``implicit``, ``jfb`` or ``unrolled``."""
+        return self.gradient.name
+
     def extra_repr(self) -> str:
-        return f"grad={self.grad!r}, unroll_steps={self.unroll_steps}, warm_start={self.warm_start}"
+        return f"{self.gradient.extra_repr()}, warm_start={self.warm_start}"
 
     def pop_stats(self) -> list[DEQStats]:
         """Stats of every call since the last pop (at most 64, oldest first), then forget them."""
@@ -150,8 +95,14 @@ class DEQ(nn.Module):
         return out
 
     def reset_warm_start(self) -> None:
-        """Forget the stored solution used by ``warm_start``."""
+        """Forget the stored solution used by ``warm_start`` (done on every switch between
+        training and evaluation, so neither starts from the other's solutions)."""
         self._previous = None
+
+    def train(self, mode: bool = True) -> "DEQ":
+        if mode != self.training:
+            self.reset_warm_start()
+        return super().train(mode)
 
     def _start(self, y: torch.Tensor) -> torch.Tensor:
         z0 = self.fmap.init(y)
@@ -161,43 +112,27 @@ class DEQ(nn.Module):
             return prev
         return z0
 
-    def _record(self, stats: DEQStats) -> None:
+    def record(self, stats: DEQStats) -> None:
+        """Keep ``stats`` as :attr:`last_stats` and for :meth:`pop_stats`; warn on a non-finite solve."""
         self.last_stats = stats
         self._recent.append(stats)
         fw = stats.forward
         if fw.nonfinite:
             log.warning("DEQ forward solve met a non-finite residual after %d iterations", fw.iterations)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        ctx: MapContext = self.fmap.prepare(y)
-        tracking = torch.is_grad_enabled()
-        if self.grad == "unrolled":
-            return self._unrolled(y, ctx)
-
+    def solve(self, y: torch.Tensor, ctx: MapContext) -> tuple[torch.Tensor, DEQStats]:
+        """The fixed point ``z*`` of ``z ↦ T(z; y)`` without autograd, and the call's stats
+        (recorded). Training mode uses ``forward_solver``, eval mode ``eval_solver``."""
         solver = self.forward_solver if self.training else self.eval_solver
         with torch.no_grad():
             z0 = self._start(y).detach()
             z_star, fstats = solver(lambda z: self.fmap(z, ctx), z0)
         stats = DEQStats(forward=fstats, mode=self.grad)
-        self._record(stats)
+        self.record(stats)
         if self.warm_start:
             self._previous = z_star.detach()
+        return z_star, stats
 
-        needs_grad = tracking and (y.requires_grad or any(p.requires_grad for p in self.fmap.parameters()))
-        if not needs_grad:
-            return self.fmap(z_star, ctx)
-        if self.grad == "implicit":
-            z_leaf = z_star.detach().requires_grad_()
-            fz = self.fmap(z_leaf, ctx)
-            return _ImplicitGradient.apply(fz, z_leaf, self.backward_solver, stats.backward)
-        return self.fmap(z_star.detach(), ctx)
-
-    def _unrolled(self, y: torch.Tensor, ctx: MapContext) -> torch.Tensor:
-        z = self.fmap.init(y)
-        z_prev = z
-        for _ in range(self.unroll_steps):
-            z_prev, z = z, self.fmap(z, ctx)
-        tol = getattr(self.forward_solver, "keywords", {}).get("tol", 0.0)
-        stats = DEQStats(forward=_unroll_stats(z_prev, z, self.unroll_steps, float(tol)), mode=self.grad)
-        self._record(stats)
-        return z
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        ctx: MapContext = self.fmap.prepare(y)
+        return self.gradient.reconstruct(self, y, ctx)

@@ -1,0 +1,193 @@
+r"""How training differentiates a DEQ: one strategy object per gradient mode.
+
+Every mode turns the measurements' map context into the reconstruction ``x`` with the
+autograd graph that mode wants; :func:`gradient_mode` is the one factory that maps a
+config name to a strategy (and the one place that validates the name).
+
+* :class:`ImplicitGradient` (``implicit``): solve ``z* = T(z*; y)`` without autograd, take
+  one tracked step ``x = T(z*; y)`` and, in the backward pass, replace the incoming
+  gradient ``g`` by the solution of ``v = Jᵀv + g`` (``J = ∂T/∂z`` at ``z*``), found by the
+  backward solver with vector–Jacobian products. ``v`` then flows through the tracked step
+  to ``θ`` and to ``y``: ``dL/dθ = (∂T/∂θ)ᵀ(I − Jᵀ)⁻¹g``. Memory does not depend on the
+  number of iterations (Bai, Kolter, Koltun, "Deep Equilibrium Models", 2019).
+* :class:`JacobianFreeGradient` (``jfb``): the same tracked step with ``v = g``
+  (Fung et al., "JFB: Jacobian-Free Backpropagation for Implicit Networks", AAAI 2022).
+* :class:`UnrolledGradient` (``unrolled``): ``unroll_steps`` tracked iterations from
+  ``A†y``; memory grows with them. An unrolled model is a network of that many
+  iterations, trained and evaluated as such.
+
+Double backward (``create_graph=True``) through the implicit mode is not supported.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, ClassVar
+
+import torch
+
+from ..utils.checks import check_int
+from .maps import MapContext
+from .solvers import SolverStats
+
+if TYPE_CHECKING:
+    from .layer import DEQ
+
+log = logging.getLogger(__name__)
+
+Solver = Callable[..., tuple[torch.Tensor, SolverStats]]
+
+
+@dataclass
+class DEQStats:
+    """Statistics of one call: the forward solve and any backward solves it caused.
+
+    ``backward`` is filled when (and each time) the implicit backward runs.
+    """
+
+    forward: SolverStats
+    backward: list[SolverStats] = field(default_factory=list)
+    mode: str = "implicit"
+
+
+class GradientMode:
+    """A way of forming the DEQ's gradients: :meth:`reconstruct` returns ``x`` for ``y``."""
+
+    name: ClassVar[str]
+
+    def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"grad={self.name!r}"
+
+
+def _needs_graph(deq: "DEQ", y: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in deq.fmap.parameters()))
+
+
+class _FixedPointMode(GradientMode):
+    """Solve to the fixed point without autograd; subclasses attach the gradient."""
+
+    def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+        z_star, stats = deq.solve(y, ctx)
+        if not _needs_graph(deq, y):
+            return deq.fmap(z_star, ctx)
+        return self.tracked_step(deq, z_star.detach(), ctx, stats)
+
+    def tracked_step(self, deq: "DEQ", z_star: torch.Tensor, ctx: MapContext, stats: DEQStats) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _ImplicitBackward(torch.autograd.Function):
+    """Identity in the forward pass; in the backward pass maps ``g`` to ``v = Jᵀv + g``."""
+
+    @staticmethod
+    def forward(ctx, fz: torch.Tensor, z_leaf: torch.Tensor, mode: "ImplicitGradient",  # type: ignore[override]
+                stats: DEQStats) -> torch.Tensor:
+        ctx.fz, ctx.z_leaf, ctx.mode, ctx.stats = fz, z_leaf, mode, stats
+        return fz.clone()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        fz, z_leaf = ctx.fz, ctx.z_leaf
+
+        def vjp_map(v: torch.Tensor) -> torch.Tensor:
+            (jtv,) = torch.autograd.grad(fz, z_leaf, v, retain_graph=True)
+            return jtv + g
+
+        v, bstats = ctx.mode.backward_solver(vjp_map, g)
+        ctx.stats.backward.append(bstats)
+        if bstats.nonfinite:
+            log.warning("implicit backward solve met a non-finite residual after %d iterations",
+                        bstats.iterations)
+        return v, None, None, None
+
+
+class ImplicitGradient(_FixedPointMode):
+    """Implicit differentiation of the fixed point.
+
+    Args:
+        backward_solver: ``solver(f, v0) -> (v, SolverStats)`` for ``v = Jᵀv + g``.
+    """
+
+    name = "implicit"
+
+    def __init__(self, backward_solver: Solver) -> None:
+        if not callable(backward_solver):
+            raise TypeError(f"backward_solver must be callable solver(f, z0) -> (z, stats), "
+                            f"got {type(backward_solver).__name__}")
+        self.backward_solver = backward_solver
+
+    def tracked_step(self, deq: "DEQ", z_star: torch.Tensor, ctx: MapContext, stats: DEQStats) -> torch.Tensor:
+        z_leaf = z_star.requires_grad_()
+        fz = deq.fmap(z_leaf, ctx)
+        return _ImplicitBackward.apply(fz, z_leaf, self, stats)
+
+
+class JacobianFreeGradient(_FixedPointMode):
+    """Jacobian-free backpropagation: one tracked step from the detached fixed point."""
+
+    name = "jfb"
+
+    def tracked_step(self, deq: "DEQ", z_star: torch.Tensor, ctx: MapContext, stats: DEQStats) -> torch.Tensor:
+        return deq.fmap(z_star, ctx)
+
+
+def _unroll_stats(z_prev: torch.Tensor, z: torch.Tensor, steps: int, tol: float) -> SolverStats:
+    b = z.shape[0]
+    with torch.no_grad():
+        diff = (z - z_prev).reshape(b, -1).norm(dim=1).double()
+        res = diff / z.reshape(b, -1).norm(dim=1).double().clamp_min(1e-30)
+        res = torch.where(diff == 0, torch.zeros_like(res), res)
+    worst = float(res.max())
+    return SolverStats(iterations=steps, residual=res, converged=res <= tol,
+                       nonfinite=not torch.isfinite(res).all().item(), history=[worst])
+
+
+class UnrolledGradient(GradientMode):
+    """``unroll_steps`` tracked iterations from ``A†y``, in training and in evaluation."""
+
+    name = "unrolled"
+
+    def __init__(self, unroll_steps: int = 10) -> None:
+        check_int("unroll_steps", unroll_steps, 1)
+        self.unroll_steps = unroll_steps
+
+    def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+        z = deq.fmap.init(y)
+        z_prev = z
+        for _ in range(self.unroll_steps):
+            z_prev, z = z, deq.fmap(z, ctx)
+        tol = getattr(deq.forward_solver, "keywords", {}).get("tol", 0.0)
+        deq.record(DEQStats(forward=_unroll_stats(z_prev, z, self.unroll_steps, float(tol)), mode=self.name))
+        return z
+
+    def extra_repr(self) -> str:
+        return f"grad='unrolled', unroll_steps={self.unroll_steps}"
+
+
+GRADIENT_MODES: dict[str, type[GradientMode]] = {
+    cls.name: cls for cls in (ImplicitGradient, JacobianFreeGradient, UnrolledGradient)}
+GRAD_MODES = tuple(GRADIENT_MODES)
+
+
+def check_gradient_mode(name: object) -> str:
+    """``name`` if it names a gradient mode; else ``ValueError`` listing the valid ones."""
+    if name not in GRADIENT_MODES:
+        raise ValueError(f"grad must be one of {', '.join(GRAD_MODES)}; got {name!r}")
+    return str(name)
+
+
+def gradient_mode(name: str, *, backward_solver: Solver, unroll_steps: int = 10) -> GradientMode:
+    """The strategy called ``name`` (``implicit``, ``jfb`` or ``unrolled``).
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones) or a bad option.
+    """
+    check_gradient_mode(name)
+    if name == ImplicitGradient.name:
+        return ImplicitGradient(backward_solver)
+    if name == UnrolledGradient.name:
+        return UnrolledGradient(unroll_steps)
+    return JacobianFreeGradient()
