@@ -94,8 +94,11 @@ class _Tracker:
         """Record the iterate ``z`` with map value ``fz``; returns True when the solve should stop."""
         b = z.shape[0]
         diff = (fz - z).reshape(b, -1).norm(dim=1).double()
-        res = diff / fz.reshape(b, -1).norm(dim=1).double().clamp_min(_TINY)
+        fz_norm = fz.reshape(b, -1).norm(dim=1).double()
+        res = diff / fz_norm.clamp_min(_TINY)
         res = torch.where(diff == 0, torch.zeros_like(res), res)
+        # Iterates that overflowed (inf - inf, or equal infinities) are not a solution.
+        res = torch.where(torch.isfinite(fz_norm), res, torch.full_like(res, math.nan))
         better = res < self.best_res  # False for NaN, so non-finite iterates never become best
         self.best_res = torch.where(better, res, self.best_res)
         self.best = torch.where(better.view((b,) + (1,) * (z.ndim - 1)), z, self.best)
