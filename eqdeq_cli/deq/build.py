@@ -34,11 +34,16 @@ class GradientSettings:
         mode: ``implicit``, ``jfb`` or ``unrolled``.
         unroll_steps: tracked iterations of the unrolled mode.
         warm_start: reuse the previous solution as the starting point (see :class:`DEQ`).
+        backward_accept: implicit mode: the largest relative residual of the backward solve
+            whose solution is used; samples above it (or non-finite) take the Jacobian-free
+            gradient and are counted (see :class:`~eqdeq_cli.deq.gradients.ImplicitGradient`).
+            ``null`` keeps every finite solution.
     """
 
     mode: str = "implicit"
     unroll_steps: int = 10
     warm_start: bool = False
+    backward_accept: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -93,4 +98,5 @@ def build_reconstructor(cfg: DictConfig, physics: LinearPhysics, denoiser: nn.Mo
 
     return DEQ(fmap, grad=grad.mode, forward_solver=solvers["forward"],
                backward_solver=solvers["backward"], eval_solver=solvers["eval"],
-               unroll_steps=grad.unroll_steps, warm_start=grad.warm_start)
+               unroll_steps=grad.unroll_steps, warm_start=grad.warm_start,
+               backward_accept=float("inf") if grad.backward_accept is None else grad.backward_accept)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
 
-from ..utils.checks import check_int
+from ..utils.checks import check_int, check_real
 from .maps import MapContext
 from .solvers import SolverStats
 
@@ -42,18 +42,23 @@ Solver = Callable[..., tuple[torch.Tensor, SolverStats]]
 class DEQStats:
     """Statistics of one call: the forward solve and any backward solves it caused.
 
-    ``backward`` is filled when (and each time) the implicit backward runs.
+    ``backward`` is filled when (and each time) the implicit backward runs;
+    ``fallbacks[i]`` is the number of samples of ``backward[i]`` whose solution was not
+    used (see :class:`ImplicitGradient`).
     """
 
     forward: SolverStats
     backward: list[SolverStats] = field(default_factory=list)
     mode: str = "implicit"
+    fallbacks: list[int] = field(default_factory=list)
 
 
 class GradientMode:
     """A way of forming the DEQ's gradients: :meth:`reconstruct` returns ``x`` for ``y``."""
 
     name: ClassVar[str]
+    #: Whether the reconstruction is a fixed point of the map (so its contraction there means something).
+    has_fixed_point: ClassVar[bool] = True
 
     def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext) -> torch.Tensor:
         raise NotImplementedError
@@ -97,32 +102,62 @@ class _ImplicitBackward(torch.autograd.Function):
             return jtv + g
 
         v, bstats = ctx.mode.backward_solver(vjp_map, g)
+        v, n_fallback = ctx.mode.accept(v, g, bstats)
         ctx.stats.backward.append(bstats)
-        if bstats.nonfinite:
-            log.warning("implicit backward solve met a non-finite residual after %d iterations",
-                        bstats.iterations)
+        ctx.stats.fallbacks.append(n_fallback)
         return v, None, None, None
 
 
 class ImplicitGradient(_FixedPointMode):
-    """Implicit differentiation of the fixed point.
+    r"""Implicit differentiation of the fixed point, with a guarded backward solve.
+
+    The backward solve of ``v = Jᵀv + g`` has a solution only where ``I − Jᵀ`` is
+    invertible, i.e. where the map contracts at ``z*``. A sample whose backward solve ends
+    with a non-finite residual, or with a relative residual above ``backward_accept``, does
+    not use that ``v`` (nor does any sample of a solve whose iterates went non-finite): it
+    takes ``v = g``, the Jacobian-free gradient (a descent
+    direction under the same contraction conditions; Fung et al. 2022) instead of a wrong
+    one. Such samples are counted in :attr:`DEQStats.fallbacks` and logged by the trainer.
 
     Args:
         backward_solver: ``solver(f, v0) -> (v, SolverStats)`` for ``v = Jᵀv + g``.
+        backward_accept: largest relative residual of the backward solve whose solution is
+            used (> 0; ``inf`` keeps every finite solution).
     """
 
     name = "implicit"
 
-    def __init__(self, backward_solver: Solver) -> None:
+    def __init__(self, backward_solver: Solver, *, backward_accept: float = float("inf")) -> None:
         if not callable(backward_solver):
             raise TypeError(f"backward_solver must be callable solver(f, z0) -> (z, stats), "
                             f"got {type(backward_solver).__name__}")
+        if backward_accept != float("inf"):
+            check_real("backward_accept", backward_accept, low=0.0)
         self.backward_solver = backward_solver
+        self.backward_accept = float(backward_accept)
+
+    def accept(self, v: torch.Tensor, g: torch.Tensor, stats: SolverStats) -> tuple[torch.Tensor, int]:
+        """``v`` where the backward solve succeeded, ``g`` (JFB) elsewhere; and how many fell back."""
+        res = stats.residual.to(v.device)
+        ok = torch.isfinite(res) & (res <= self.backward_accept)
+        ok = ok & torch.isfinite(v.reshape(v.shape[0], -1)).all(dim=1)
+        if stats.nonfinite:  # the iteration diverged: its best finite iterate is no solution either
+            ok = torch.zeros_like(ok)
+        n_bad = int((~ok).sum())
+        if n_bad == 0:
+            return v, 0
+        if stats.nonfinite:
+            log.warning("implicit backward solve met a non-finite residual after %d iterations; "
+                        "%d sample(s) use the Jacobian-free gradient", stats.iterations, n_bad)
+        return torch.where(ok.view((-1,) + (1,) * (v.ndim - 1)), v, g), n_bad
 
     def tracked_step(self, deq: "DEQ", z_star: torch.Tensor, ctx: MapContext, stats: DEQStats) -> torch.Tensor:
         z_leaf = z_star.requires_grad_()
         fz = deq.fmap(z_leaf, ctx)
         return _ImplicitBackward.apply(fz, z_leaf, self, stats)
+
+    def extra_repr(self) -> str:
+        return f"grad='implicit', backward_accept={self.backward_accept:g}"
 
 
 class JacobianFreeGradient(_FixedPointMode):
@@ -149,6 +184,7 @@ class UnrolledGradient(GradientMode):
     """``unroll_steps`` tracked iterations from ``A†y``, in training and in evaluation."""
 
     name = "unrolled"
+    has_fixed_point = False
 
     def __init__(self, unroll_steps: int = 10) -> None:
         check_int("unroll_steps", unroll_steps, 1)
@@ -179,7 +215,8 @@ def check_gradient_mode(name: object) -> str:
     return str(name)
 
 
-def gradient_mode(name: str, *, backward_solver: Solver, unroll_steps: int = 10) -> GradientMode:
+def gradient_mode(name: str, *, backward_solver: Solver, unroll_steps: int = 10,
+                  backward_accept: float = float("inf")) -> GradientMode:
     """The strategy called ``name`` (``implicit``, ``jfb`` or ``unrolled``).
 
     Raises:
@@ -187,7 +224,7 @@ def gradient_mode(name: str, *, backward_solver: Solver, unroll_steps: int = 10)
     """
     check_gradient_mode(name)
     if name == ImplicitGradient.name:
-        return ImplicitGradient(backward_solver)
+        return ImplicitGradient(backward_solver, backward_accept=backward_accept)
     if name == UnrolledGradient.name:
         return UnrolledGradient(unroll_steps)
     return JacobianFreeGradient()

@@ -45,6 +45,9 @@ class DEQ(nn.Module):
             ``forward_solver``.
         eval_solver: solver in eval mode; defaults to ``forward_solver``.
         unroll_steps: tracked iterations of the unrolled mode (≥ 1).
+        backward_accept: implicit mode: largest relative residual of the backward solve whose
+            solution is used; other samples take the Jacobian-free gradient
+            (:class:`~eqdeq_cli.deq.gradients.ImplicitGradient`).
         warm_start: start each solve from the previous call's solution when the batch
             shape, dtype and device match. Caveat: this only helps when consecutive calls
             see related inputs (the same batch again, or the second call of an EI loss,
@@ -59,7 +62,8 @@ class DEQ(nn.Module):
 
     def __init__(self, fmap: nn.Module, *, grad: str = "implicit", forward_solver: Solver,
                  backward_solver: Solver | None = None, eval_solver: Solver | None = None,
-                 unroll_steps: int = 10, warm_start: bool = False) -> None:
+                 unroll_steps: int = 10, warm_start: bool = False,
+                 backward_accept: float = float("inf")) -> None:
         super().__init__()
         for name, s in (("forward_solver", forward_solver), ("backward_solver", backward_solver),
                         ("eval_solver", eval_solver)):
@@ -72,7 +76,7 @@ class DEQ(nn.Module):
         self.forward_solver = forward_solver
         self.backward_solver = backward_solver if backward_solver is not None else forward_solver
         self.gradient: GradientMode = gradient_mode(grad, backward_solver=self.backward_solver,
-                                                    unroll_steps=unroll_steps)
+                                                    unroll_steps=unroll_steps, backward_accept=backward_accept)
         self.eval_solver = eval_solver if eval_solver is not None else forward_solver
         self.unroll_steps = unroll_steps
         self.warm_start = warm_start

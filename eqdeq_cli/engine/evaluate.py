@@ -162,13 +162,18 @@ def save_samples(result: EvalResult, *, png_path: Path, h5_path: Path, data_rang
 def evaluate_and_record(deq: DEQ, data: TensorDictDataset, settings: EvalSettings, *, device: torch.device,
                         run_dir: Path, split: str, step: int, stem: str | None = None, time_s: float = 0.0,
                         csv: MetricsCSV | None = None, tb: TensorBoard | None = None,
-                        dist: Distributed | None = None, progress: bool = False) -> EvalResult:
+                        dist: Distributed | None = None, progress: bool = False,
+                        extra: dict[str, float] | None = None) -> EvalResult:
     """:func:`evaluate` on ``split``, then (rank 0) the records every evaluation leaves:
     a ``metrics.csv`` row, TensorBoard scalars and reconstructions under ``split``, and
-    ``images/<stem>.png`` with ``reconstructions/<stem>.h5`` (``stem`` defaults to ``split``)."""
+    ``images/<stem>.png`` with ``reconstructions/<stem>.h5`` (``stem`` defaults to ``split``).
+    ``extra``: numbers measured elsewhere (e.g. the training's contraction estimate) added to
+    the metrics and recorded with them."""
     dist = dist or Distributed()
     result = evaluate(deq, data, batch_size=settings.batch_size, data_range=settings.data_range, device=device,
                       n_images=settings.n_images, dist=dist, progress=progress, desc=split)
+    if extra:
+        result.metrics.update(extra)
     if not dist.is_main:
         return result
     (csv or MetricsCSV(run_dir / "metrics.csv")).append(step, split, time_s, result.metrics)

@@ -58,6 +58,9 @@ class TrainerSettings:
         monitor_mode: ``max`` or ``min``.
         progress: show a tqdm progress bar.
         tensorboard: write TensorBoard events to ``tb/``.
+        contraction_every: steps between estimates of ``‖∂T/∂z‖₂`` at the fixed point of the
+            step's batch (0: never); logged as ``lipschitz``, with a warning when ≥ 1.
+        contraction_iters: power iterations of that estimate (each one JVP and one VJP).
     """
 
     device: str = "auto"
@@ -77,12 +80,16 @@ class TrainerSettings:
     monitor_mode: str = "max"
     progress: bool = True
     tensorboard: bool = True
+    contraction_every: int = 50
+    contraction_iters: int = 10
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("log_every", "eval_every", "checkpoint_every", "grad_clip"):
+        if self.contraction_iters < 1:
+            raise ValueError(f"trainer.contraction_iters must be >= 1, got {self.contraction_iters}")
+        for name in ("log_every", "eval_every", "checkpoint_every", "grad_clip", "contraction_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_minutes is not None and not self.max_minutes > 0:

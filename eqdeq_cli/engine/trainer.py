@@ -35,11 +35,17 @@ from .checkpoint import load_model_state, model_state, save_checkpoint
 from .distributed import Distributed, GlobalBatchDraws, rank_slice
 from .evaluate import EvalResult, evaluate_and_record
 from .logs import MetricsCSV, TensorBoard, progress_bar
+from ..analysis.contraction import spectral_norm_per_sample
 from .metrics import psnr
 from .settings import EvalSettings, TrainerSettings
 from .state import capture_rng_state, data_order, restore_rng_state
 
 log = logging.getLogger(__name__)
+
+#: ``‖∂T/∂z‖₂`` at or above which a training run warns: power iteration approaches the norm
+#: from below, so a map with norm exactly 1 (a nullspace left untouched) reads slightly under 1,
+#: and a rate this close to 1 already needs hundreds of iterations per solve.
+CONTRACTION_WARNING = 0.99
 
 
 class StepCallback(Protocol):
@@ -112,6 +118,9 @@ class Trainer:
         self.bad_steps = 0
         self.train_time_s = 0.0
         self.best: dict[str, float | int | None] = {"value": None, "step": None}
+        self.lipschitz: float | None = None  # the latest contraction estimate (measure_contraction)
+        self.fallbacks_total = 0
+        self._fallback_warned: int | None = None
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.csv = MetricsCSV(self.run_dir / "metrics.csv")
         self.tb: TensorBoard | None = None
@@ -127,6 +136,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "step": self.step,
             "rng": capture_rng_state({"loss": self.loss_generator}), "config": self.config,
             "best": dict(self.best), "bad_steps": self.bad_steps, "train_time_s": self.train_time_s,
+            "contraction": {"lipschitz": self.lipschitz, "fallbacks_total": self.fallbacks_total},
         }
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
@@ -137,6 +147,9 @@ class Trainer:
         restore_rng_state(payload["rng"], {"loss": self.loss_generator})
         self.best = dict(payload.get("best", self.best))
         self.bad_steps = int(payload.get("bad_steps", 0))
+        contraction = payload.get("contraction") or {}
+        self.lipschitz = contraction.get("lipschitz")
+        self.fallbacks_total = int(contraction.get("fallbacks_total", 0))
         self.train_time_s = float(payload.get("train_time_s", 0.0))
 
     def save(self, name: str) -> Path:
@@ -207,6 +220,11 @@ class Trainer:
                         self.step + 1, out["loss"], self.bad_steps, self.settings.max_bad_steps)
         out["skipped"] = float(not finite)
         out.update(self._solver_numbers())
+        every = self.settings.contraction_every
+        if every and (self.step + 1) % every == 0 and math.isfinite(out["loss"]):
+            lip = self.measure_contraction(y)
+            if lip is not None:
+                out["lipschitz"] = lip
         if x is not None and f.first is not None:
             out["psnr"] = float(psnr(f.first.float().clamp(0, self.eval_settings.data_range), x,
                                      self.eval_settings.data_range).mean())
@@ -226,6 +244,7 @@ class Trainer:
         bw = [b for c in calls for b in c.backward]
         out = {
             "iters": sum(s.iterations for s in fw) / len(fw),
+            "fwd_nonconverged_frac": sum(int((~s.converged).sum()) for s in fw) / sum(s.converged.numel() for s in fw),
             "residual": max(float(s.residual.max()) for s in fw),
             "nonconverged": float(sum(int((~s.converged).sum()) for s in fw)),
             "nonfinite": float(sum(int(s.nonfinite) for s in fw + bw)),
@@ -234,7 +253,46 @@ class Trainer:
             out["bwd_iters"] = sum(s.iterations for s in bw) / len(bw)
             out["bwd_residual"] = max(float(s.residual.max()) for s in bw)
             out["bwd_nonconverged"] = float(sum(int((~s.converged).sum()) for s in bw))
+            fallbacks = sum(n for c in calls for n in c.fallbacks)
+            out["bwd_fallback"] = float(fallbacks)
+            if fallbacks:
+                self.fallbacks_total += fallbacks
+                self._warn_fallback(fallbacks, sum(s.residual.numel() for s in bw))
         return out
+
+    def _warn_fallback(self, n: int, of: int) -> None:
+        """A warning the first time, then one per validation period (the count is in TensorBoard)."""
+        period = self.settings.eval_every or self.settings.max_steps
+        if self._fallback_warned is not None and self.step // period == self._fallback_warned:
+            return
+        self._fallback_warned = self.step // period
+        log.warning("step %d: the implicit backward solve failed for %d of %d samples (residual above "
+                    "grad.backward_accept or non-finite); they used the Jacobian-free gradient. "
+                    "The map is probably not contractive at its fixed point (see 'lipschitz'); "
+                    "%d such samples so far", self.step + 1, n, of, self.fallbacks_total)
+
+    # -- contraction ------------------------------------------------------------------------
+    def measure_contraction(self, y: torch.Tensor) -> float | None:
+        """``max_b ‖∂T/∂z‖₂`` at the fixed points of the measurements ``y`` (power iteration,
+        ``trainer.contraction_iters`` steps from a draw seeded by the step), or ``None`` when the
+        gradient mode has no fixed point (unrolled). Below 1: the map contracts there."""
+        if not self.deq.gradient.has_fixed_point:
+            return None
+        deq = self.deq
+        generator = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self.step)
+        with torch.no_grad():
+            ctx = deq.fmap.prepare(y)
+            z_star, _ = deq.solve(y, ctx)
+        lip = spectral_norm_per_sample(lambda z: deq.fmap(z, ctx), z_star, n_iter=self.settings.contraction_iters,
+                                       generator=generator)
+        value = float(lip.max())
+        self.lipschitz = value
+        if not value < CONTRACTION_WARNING:
+            log.warning("step %d: the fixed-point map is not a contraction at its solution on this batch "
+                        "(‖∂T/∂z‖₂ ≈ %.4f, at least %g): the forward solve may stall and implicit gradients fall "
+                        "back to JFB. A contractive denoiser (model=dncnn_averaged) helps; see docs/stability.md",
+                        self.step, value, CONTRACTION_WARNING)
+        return value
 
     # -- evaluation ----------------------------------------------------------------------
     def validate(self) -> EvalResult | None:
@@ -244,7 +302,7 @@ class Trainer:
         result = evaluate_and_record(self.deq, self.val_data, self.eval_settings, device=self.device,
                                      run_dir=self.run_dir, split="val", step=self.step,
                                      stem=f"val_step{self.step:06d}", time_s=self.train_time_s, csv=self.csv,
-                                     tb=self.tb, dist=self.dist)
+                                     tb=self.tb, dist=self.dist, extra=self.contraction_metrics())
         m = result.metrics
         if self.dist.is_main:
             log.info("step %d val: %s", self.step, format_metrics(m))
@@ -255,6 +313,14 @@ class Trainer:
             self.best = {"value": value, "step": self.step, "metric": monitor}
             self.save("best.pt")
         return result
+
+    def contraction_metrics(self) -> dict[str, float]:
+        """The latest ``lipschitz`` estimate and the number of backward fallbacks so far, for the
+        evaluation records (empty before the first estimate)."""
+        out: dict[str, float] = {"bwd_fallback_total": float(self.fallbacks_total)}
+        if self.lipschitz is not None:
+            out["lipschitz"] = self.lipschitz
+        return out
 
     def _monitor(self, metrics: dict[str, float]) -> tuple[str, str]:
         name, mode = self.settings.monitor, self.settings.monitor_mode
@@ -333,6 +399,8 @@ class Trainer:
             postfix["psnr"] = f"{numbers['psnr']:.2f}"
         if "iters" in numbers:
             postfix["it"] = f"{numbers['iters']:.0f}"
+        if self.lipschitz is not None:
+            postfix["lip"] = f"{self.lipschitz:.3f}"
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
 
