@@ -138,6 +138,20 @@ def test_jacobian_spectrum_of_known_matrices():
     assert spec["sym_max"]["mean"] == pytest.approx(0.8 * math.cos(1.1), abs=1e-3)
 
 
+def test_eigenvalue_range_separates_ends_of_equal_magnitude():
+    """Eigenvalues ±1 (and ±0.99): power iteration cannot tell the two ends apart and stalls
+    between them ([−0.88, 0.67] whatever the iteration count); the range must be [−1, 1]."""
+    n = 16
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen(20), dtype=torch.float64))
+    x = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    for low, high in ((-1.0, 1.0), (-0.99, 1.0), (-1.0, 0.99)):
+        eig = torch.cat([torch.tensor([high, low], dtype=torch.float64),
+                         torch.linspace(-0.5, 0.5, n - 2, dtype=torch.float64)])
+        spec = jacobian_spectrum(_linear(q @ torch.diag(eig) @ q.T), x, n_iter=20, generator=gen(21))
+        assert spec["sym_max"]["min"] == pytest.approx(high, abs=1e-6)
+        assert spec["sym_min"]["max"] == pytest.approx(low, abs=1e-6)
+
+
 # -- contraction ---------------------------------------------------------------------------
 def test_lipschitz_estimate_matches_spectral_norm_of_circular_convolution():
     kernel = torch.randn(3, 3, generator=gen(13), dtype=torch.float64)

@@ -74,7 +74,7 @@ def test_report_of_a_scaled_identity_denoiser():
 def test_report_detects_an_asymmetric_jacobian():
     deq, physics = _deq(RollRight())
     x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
-    settings = AnalysisSettings(n_images=2, n_elements=2, n_probes=4, power_iter=5, identifiability_samples=0)
+    settings = AnalysisSettings(n_images=2, n_elements=2, n_probes=16, power_iter=5, identifiability_samples=0)
     s = analyze_deq(deq, Shifts(), physics.A(x), x, settings=settings)["summary"]
     assert s["equiv_denoiser"] < 1e-12  # a roll commutes with shifts
     # J = P (a permutation): ‖P − Pᵀ‖_F / (2‖P‖_F) = 1/√2; the learned part I − P has the same

@@ -22,7 +22,7 @@ from ._linalg import Linearization, bdot, bnorm, bnormalize, bscale, randn_like
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["jacobian_asymmetry", "jacobian_spectrum"]
+__all__ = ["jacobian_asymmetry", "jacobian_spectrum", "symmetric_extremes"]
 
 
 def _stats(t: torch.Tensor) -> dict[str, Any]:
@@ -30,16 +30,48 @@ def _stats(t: torch.Tensor) -> dict[str, Any]:
     return {"mean": float(t.mean()), "min": float(t.min()), "max": float(t.max()), "per_sample": t.tolist()}
 
 
-def _symmetric_power(lin: Linearization, v: torch.Tensor, n_iter: int, shift: torch.Tensor) -> torch.Tensor:
-    """Rayleigh quotient of the dominant eigenvector of ``S − shift·I`` after ``n_iter``
-    power iterations, per sample (``S = (J + Jᵀ)/2``)."""
-    def op(u: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (lin.jvp(u) + lin.vjp(u)) - bscale(u, shift)
+def symmetric_extremes(op: Fn, v0: torch.Tensor, n_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Smallest and largest eigenvalue of a symmetric per-sample operator, by Lanczos.
 
-    v, _ = bnormalize(v)
+    ``op`` maps ``(B, ...) → (B, ...)`` and acts on each sample as a symmetric matrix
+    ``S_b``. ``n_iter`` Lanczos steps from ``v0`` (with full reorthogonalisation) build an
+    orthonormal basis ``Q`` of the Krylov space and the tridiagonal ``QᵀSQ``, whose extreme
+    eigenvalues (Ritz values) approach both ends of the spectrum of ``S`` at once, from
+    inside. Unlike power iteration, this also converges when the two ends have nearly the
+    same magnitude (eigenvalues ``±1``) (Golub & Van Loan, "Matrix Computations", §10.1).
+    One product with ``op`` per step. Returns ``(λ_min, λ_max)``, each ``(B,)`` float64.
+    """
+    b = v0.shape[0]
+    q, _ = bnormalize(v0)
+    basis: list[torch.Tensor] = []
+    alphas, betas = [], []
+    alive = torch.ones(b, dtype=torch.bool, device=v0.device)
+    size = torch.zeros(b, dtype=torch.long)
     for _ in range(n_iter):
-        v, _ = bnormalize(op(v))
-    return bdot(v, op(v))
+        basis.append(q)
+        size += alive.cpu().long()
+        w = op(q)
+        a = bdot(q, w)
+        for _pass in range(2):  # full reorthogonalisation, twice is enough
+            for u in basis:
+                w = w - bscale(u, bdot(u, w))
+        q, beta = bnormalize(w)
+        alphas.append(a.double())
+        betas.append(beta.double())
+        scale = torch.stack([x.abs() for x in alphas]).max(dim=0).values.clamp_min(1e-30)
+        alive = alive & (beta.double() > 1e-10 * scale)
+        if not bool(alive.any()):
+            break
+        q = bscale(q, alive.to(q.dtype))
+    al = torch.stack(alphas, dim=1).cpu()
+    be = torch.stack(betas, dim=1).cpu()
+    lo, hi = torch.empty(b, dtype=torch.float64), torch.empty(b, dtype=torch.float64)
+    for i in range(b):
+        k = int(size[i])
+        t = torch.diag(al[i, :k]) + torch.diag(be[i, :k - 1], 1) + torch.diag(be[i, :k - 1], -1)
+        ev = torch.linalg.eigvalsh(t)
+        lo[i], hi[i] = ev[0], ev[-1]
+    return lo, hi
 
 
 def jacobian_spectrum(fn: Fn, x: torch.Tensor, n_iter: int = 20, generator: torch.Generator | None = None,
@@ -47,12 +79,10 @@ def jacobian_spectrum(fn: Fn, x: torch.Tensor, n_iter: int = 20, generator: torc
     r"""Estimates of the spectrum of ``J = ∂fn/∂x`` at ``x``, per sample.
 
     * ``sym_max`` / ``sym_min``: the largest and smallest eigenvalue of the symmetric
-      part ``S = (J + Jᵀ)/2``. Power iteration on ``S`` gives the eigenvalue
-      ``λ₁`` of largest magnitude (signed, as a Rayleigh quotient); power iteration on
-      ``S − λ₁ I``, whose spectrum is ``[λ_min − λ₁, λ_max − λ₁]`` and so has its
-      dominant eigenvalue at the other end, gives ``μ`` and ``λ₂ = λ₁ + μ``. The pair
-      ``{λ₁, λ₂}`` is ``{λ_min, λ_max}``. For a symmetric ``J`` these are its own
-      eigenvalues; for a prox of a convex function both lie in ``[0, 1]``.
+      part ``S = (J + Jᵀ)/2``, both from one Lanczos run of ``n_iter`` steps
+      (:func:`symmetric_extremes`), which also separates ends of equal magnitude
+      (``±1``). For a symmetric ``J`` these are its own eigenvalues; for a prox of a
+      convex function both lie in ``[0, 1]``.
     * ``spectral_radius``: ``ρ(J) = max |λ(J)|``, estimated from the growth rate of
       ``‖J^k v‖`` (geometric mean of ``‖J^{k+1} v‖ / ‖J^k v‖`` over the second half of
       the ``n_iter`` iterations), which converges also when the dominant eigenvalues
@@ -62,17 +92,14 @@ def jacobian_spectrum(fn: Fn, x: torch.Tensor, n_iter: int = 20, generator: torc
 
     Power iteration approaches extreme eigenvalues from inside: the estimates are
     lower bounds in magnitude whose accuracy depends on the spectral gap; increase
-    ``n_iter`` when successive calls disagree. Cost: about ``6 n_iter`` products with
+    ``n_iter`` when successive calls disagree. Cost: about ``5 n_iter`` products with
     ``J`` or ``Jᵀ`` (each one backward pass). Returns dicts ``{"mean", "min", "max",
     "per_sample"}`` for each of the four quantities, plus ``"n_iter"``.
     """
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
     lin = Linearization(fn, x) if lin is None else lin
-    zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    lam1 = _symmetric_power(lin, randn_like(x, generator), n_iter, zero)
-    mu = _symmetric_power(lin, randn_like(x, generator), n_iter, lam1)
-    lam2 = lam1 + mu
+    lam_min, lam_max = symmetric_extremes(lambda u: 0.5 * (lin.jvp(u) + lin.vjp(u)), randn_like(x, generator), n_iter)
 
     v, _ = bnormalize(randn_like(x, generator))
     logs = []
@@ -86,8 +113,8 @@ def jacobian_spectrum(fn: Fn, x: torch.Tensor, n_iter: int = 20, generator: torc
         v, _ = bnormalize(lin.vjp(lin.jvp(v)))
     norm = bnorm(lin.jvp(v))
     return {
-        "sym_max": _stats(torch.maximum(lam1, lam2)),
-        "sym_min": _stats(torch.minimum(lam1, lam2)),
+        "sym_max": _stats(lam_max),
+        "sym_min": _stats(lam_min),
         "spectral_radius": _stats(radius),
         "spectral_norm": _stats(norm),
         "n_iter": n_iter,
