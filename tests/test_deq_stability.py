@@ -143,3 +143,29 @@ def test_a_non_contractive_map_is_reported(compose_cfg, tmp_path, caplog):
         summary = run.train(compose_cfg(overrides), run_dir=tmp_path)
     assert summary["lipschitz"] == pytest.approx(1.0, abs=0.05)
     assert "not a contraction" in caplog.text
+
+
+# -- the step of the proximal-gradient map stays where the gradient step is non-expansive --------
+def test_learned_step_is_capped_at_two_over_the_squared_norm():
+    from eqdeq_cli.deq import ProxGradMap
+    from eqdeq_cli.physics import DenseMatrixPhysics
+
+    a = torch.diag(torch.tensor([2.0, 1.0, 0.5, 0.0], dtype=DT))  # ‖A‖ = 2, a nullspace
+    fmap = ProxGradMap(nn.Identity(), DenseMatrixPhysics(a, img_shape=(1, 2, 2))).to(DT)
+    assert float(fmap.step) == pytest.approx(0.25, rel=1e-6)
+    with torch.no_grad():
+        fmap.log_step.fill_(5.0)  # as an unchecked optimizer could push it
+    assert float(fmap.step) == pytest.approx(0.5, rel=1e-6)
+    ctx = fmap.prepare(torch.zeros(1, 4, dtype=DT))
+    lip = spectral_norm_per_sample(lambda z: fmap(z, ctx), torch.zeros(1, 1, 2, 2, dtype=DT), n_iter=50,
+                                   generator=torch.Generator().manual_seed(0))
+    assert float(lip) <= 1.0 + 1e-9
+
+
+def test_a_step_above_its_cap_is_refused():
+    from eqdeq_cli.deq import ProxGradMap
+    from eqdeq_cli.physics import DenseMatrixPhysics
+
+    physics = DenseMatrixPhysics(torch.eye(4, dtype=DT), img_shape=(1, 2, 2))
+    with pytest.raises(ValueError, match="step_init=3 exceeds step_max=2"):
+        ProxGradMap(nn.Identity(), physics, step_init=3.0)

@@ -6,8 +6,10 @@ and ``Aᵀy``, computed with autograd on so gradients reach ``y``), then
 ``A†y``. Images are ``(B, C, H, W)``; measurements are whatever the physics uses.
 
 The step ``γ > 0`` is stored as ``log γ`` (a parameter when ``learn_step``, else a
-buffer) and initialised to ``step_init`` or ``1/‖A‖²``, the largest step for which
-``z ↦ z − γAᵀ(Az − y)`` is non-expansive.
+buffer) and initialised to ``step_init`` or ``1/‖A‖²``. The gradient step
+``z ↦ z − γAᵀ(Az − y)`` is non-expansive for ``γ ∈ (0, 2/‖A‖²]`` (its Jacobian
+``I − γAᵀA`` has eigenvalues ``1 − γλ``, ``λ ∈ [0, ‖A‖²]``), so :class:`ProxGradMap` caps
+a learned ``γ`` there: a contractive denoiser then keeps the whole map contractive.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from torch import nn
 
 from eqdeq_cli.linalg import conjugate_gradient
 from eqdeq_cli.physics.base import LinearPhysics
-from eqdeq_cli.utils.checks import check_int
+from eqdeq_cli.utils.checks import check_int, check_real
 
 
 @dataclass
@@ -40,21 +42,28 @@ class _StepMap(nn.Module):
             raise TypeError(f"denoiser must be an nn.Module, got {type(denoiser).__name__}")
         if not isinstance(physics, LinearPhysics):
             raise TypeError(f"physics must be a LinearPhysics, got {type(physics).__name__}")
+        self._norm: float | None = None
+        self.denoiser = denoiser
+        self.physics = physics
         if step_init is None:
-            norm = physics.norm()
-            if not (norm > 0 and math.isfinite(norm)):
-                raise ValueError(f"cannot initialise the step from ‖A‖ = {norm}; pass step_init > 0")
-            step_init = 1.0 / norm**2
+            step_init = 1.0 / self.operator_norm() ** 2
         if isinstance(step_init, bool) or not isinstance(step_init, (int, float)) \
                 or not (step_init > 0 and math.isfinite(step_init)):
             raise ValueError(f"step_init must be a positive finite number or null, got {step_init!r}")
-        self.denoiser = denoiser
-        self.physics = physics
         log_step = torch.tensor(math.log(float(step_init)))
         if learn_step:
             self.log_step = nn.Parameter(log_step)
         else:
             self.register_buffer("log_step", log_step)
+
+    def operator_norm(self) -> float:
+        """``‖A‖₂`` of the physics (computed once)."""
+        if self._norm is None:
+            norm = self.physics.norm()
+            if not (norm > 0 and math.isfinite(norm)):
+                raise ValueError(f"cannot derive the step from ‖A‖ = {norm}; pass step_init > 0")
+            self._norm = float(norm)
+        return self._norm
 
     @property
     def step(self) -> torch.Tensor:
@@ -79,6 +88,11 @@ class ProxGradMap(_StepMap):
         physics: the operator ``A``.
         step_init: initial ``γ``; ``None`` uses ``1/‖A‖²`` (``physics.norm()``).
         learn_step: whether ``γ`` is trained.
+        step_max: the largest ``γ`` used (a learned ``γ`` above it is clamped); ``None`` uses
+            ``2/‖A‖²``, the largest step for which the gradient step is non-expansive.
+
+    Raises:
+        ValueError: a step that is not a positive finite number, or ``step_init > step_max``.
 
     Example:
         >>> from eqdeq_cli.physics import DenseMatrixPhysics
@@ -90,8 +104,19 @@ class ProxGradMap(_StepMap):
     """
 
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
-                 learn_step: bool = True) -> None:
+                 learn_step: bool = True, step_max: float | None = None) -> None:
         super().__init__(denoiser, physics, step_init, learn_step)
+        if step_max is None:
+            step_max = 2.0 / self.operator_norm() ** 2
+        check_real("step_max", step_max, low=0.0)
+        if float(self.log_step.exp()) > step_max * (1 + 1e-6):
+            raise ValueError(f"step_init={float(self.log_step.exp()):.6g} exceeds step_max={step_max:.6g}")
+        self.step_max = float(step_max)
+
+    @property
+    def step(self) -> torch.Tensor:
+        """The step ``γ = min(exp(log γ), step_max)`` (a 0-d tensor, always positive)."""
+        return self.log_step.exp().clamp(max=self.step_max)
 
     def forward(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
         gamma = self.step.to(z.dtype)
