@@ -13,15 +13,16 @@ therefore checked against :class:`TrustedTargets` before anything is built:
 * the optimizers of ``torch.optim`` (the ``trainer.optimizer`` node takes any of them);
 * every ``_target_`` of the config the user composed for this command (command line,
   config tree, ``configs/local/``): the user chose them;
-* what the user trusts explicitly: the ``trust`` key of that composed config, a list of
-  dotted names, where ``package.*`` trusts everything under ``package``::
+* what the user trusts explicitly: the ``trust`` key of that composed config (``[]`` in
+  ``configs/common.yaml``), a list of dotted names, where ``package.*`` trusts everything
+  under ``package``::
 
-      eqdeq eval ckpt=run.pt '+trust=[mylab.physics.Blur, mylab.losses.*]'
+      eqdeq eval ckpt=run.pt 'trust=[mylab.physics.Blur, mylab.losses.*]'
 
   Trusting a name means: any checkpoint you load may call it with any arguments.
 
-A ``trust`` saved inside a checkpoint is ignored: a checkpoint cannot trust itself. Nothing
-a saved config names is imported before it is trusted.
+A ``trust`` saved inside a checkpoint (every run's saved config has one) is ignored: a
+checkpoint cannot trust itself. Nothing a saved config names is imported before it is trusted.
 """
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ def check_saved_config(saved: Mapping[str, Any], trusted: TrustedTargets, source
         raise UntrustedTargetError(
             f"{source}: refused to build from its saved config: {nodes} "
             f"(eqdeq builds only its own components and torch.optim optimizers from a saved config; "
-            f"if you trust this code, add +{TRUST_KEY}=[{names}] to the command line or list it under "
+            f"if you trust this code, add {TRUST_KEY}=[{names}] to the command line or list it under "
             f"{TRUST_KEY}: in configs/local/default.yaml)")
 
 

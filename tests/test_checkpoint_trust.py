@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -188,7 +189,7 @@ def _namespace_group(own_run: Path, dest: Path, **extra) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("trust", ["+trust=[types.SimpleNamespace]", "+trust=[types.*]",
+@pytest.mark.parametrize("trust", ["trust=[types.SimpleNamespace]", "trust=[types.*]",
                                    "group._target_=types.SimpleNamespace"],
                          ids=["a name", "a package", "named by the user's own config"])
 def test_what_the_user_trusts_is_built(trust, own_run, tmp_path, capsys):
@@ -198,13 +199,43 @@ def test_what_the_user_trusts_is_built(trust, own_run, tmp_path, capsys):
     assert cli.main(["eval", f"ckpt={ckpt}", trust, f"hydra.run.dir={tmp_path / 'eval'}"]) == 0
 
 
-def test_a_checkpoint_cannot_trust_itself(own_run, tmp_path, capsys):
-    ckpt = _namespace_group(own_run, tmp_path / "run", trust=["types.SimpleNamespace", "builtins.*"])
-    assert cli.main(["eval", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}"]) == 1
+def test_the_refusal_names_the_override_that_trusts_the_target(own_run, tmp_path, capsys):
+    ckpt = _namespace_group(own_run, tmp_path / "run")
+    assert cli.main(["eval", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'refused'}"]) == 1
+    advice = re.search(r"add (\S+) to the command line", capsys.readouterr().err)
+    assert advice and advice.group(1) == "trust=[types.SimpleNamespace]"
+    assert cli.main(["eval", f"ckpt={ckpt}", advice.group(1), f"hydra.run.dir={tmp_path / 'eval'}"]) == 0
+
+
+@pytest.mark.parametrize("config_name", ["train", "eval", "analyze"])
+def test_every_command_has_a_trust_list_that_the_command_line_sets(config_name, compose_cfg):
+    assert list(compose_cfg([], config_name=config_name).trust) == []
+    assert list(compose_cfg(["trust=[types.*]"], config_name=config_name).trust) == ["types.*"]
+
+
+def test_a_run_saves_its_trust_list(own_run):
+    assert _payload(own_run)["config"]["trust"] == []
+
+
+SELF_TRUSTING = {
+    "eval": lambda ckpt, out: ["eval", f"ckpt={ckpt}", f"hydra.run.dir={out}"],
+    "analyze": lambda ckpt, out: ["analyze", f"ckpt={ckpt}", *QUICK],
+    "train resume=PATH": lambda ckpt, out: ["train", *TINY, f"resume={ckpt}", f"hydra.run.dir={out}"],
+}
+
+
+@pytest.mark.parametrize("command", SELF_TRUSTING)
+def test_a_checkpoint_cannot_trust_itself(command, own_run, tmp_path, capsys):
+    """Every run saves the ``trust`` of the config it was trained with; loading it must not
+    widen what the loading user trusts, even with that user's own ``trust`` set."""
+    ckpt = _namespace_group(own_run, tmp_path / "run", trust=["types.SimpleNamespace", "types.*", "builtins.*"])
+    assert cli.main(SELF_TRUSTING[command](ckpt, tmp_path / "out")) == 1
+    assert "group -> 'types.SimpleNamespace'" in capsys.readouterr().err
+    assert cli.main([*SELF_TRUSTING[command](ckpt, tmp_path / "out2"), "trust=[mylab.*]"]) == 1
     assert "group -> 'types.SimpleNamespace'" in capsys.readouterr().err
 
 
 def test_a_trust_entry_that_is_not_a_dotted_name_is_refused(own_run, tmp_path, capsys):
-    code = cli.main(["eval", f"ckpt={own_run}", "+trust=[*]", f"hydra.run.dir={tmp_path / 'eval'}"])
+    code = cli.main(["eval", f"ckpt={own_run}", "trust=[*]", f"hydra.run.dir={tmp_path / 'eval'}"])
     assert code == 1
     assert "trust: '*' is not a dotted name" in capsys.readouterr().err

@@ -134,6 +134,7 @@ def test_console_script_help_and_config(cache_dir, tmp_path):
         assert group in app.stdout, group
     job = _run(["train", "physics=mri", "--cfg", "job"], cache_dir, tmp_path)
     assert job.returncode == 0 and "MRICartesian" in job.stdout and "task: train" in job.stdout
+    assert "\ntrust: []\n" in job.stdout  # the checkpoint allowlist, set with trust=[...]
 
 
 def test_console_script_shell_completion(cache_dir, tmp_path):
