@@ -2,8 +2,10 @@ r"""Evaluation of a reconstructor on a split: image metrics, solver statistics, 
 
 With ground truth (items carry ``"x"``): PSNR and SSIM of the DEQ reconstruction
 :math:`\hat x = f(y)` and of the baseline :math:`x_0 = A^\dagger y`, after clamping both
-to :math:`[0, R]` (``R`` = ``data_range``). Without ground truth, measurement-domain
-metrics only: the relative residual :math:`\lVert A\hat x - y\rVert / \lVert y\rVert`
+to :math:`[0, R]` (``R`` = ``data_range``); complex images (an operator with
+``complex_images``) are compared as magnitudes, and a sample's PSNR is capped at
+``PSNR_CAP_DB`` (see :func:`eqdeq_cli.engine.metrics.compared_images`).
+Without ground truth, measurement-domain metrics only: the relative residual :math:`\lVert A\hat x - y\rVert / \lVert y\rVert`
 and measurement PSNR (see :mod:`eqdeq_cli.engine.metrics`), for both.
 Always: mean forward iterations, mean final residual, the fraction of samples whose
 solve converged, and the number of non-finite solves.
@@ -24,7 +26,7 @@ from ..data import TensorDictDataset
 from ..deq import DEQ
 from .distributed import Distributed, shard_range
 from .logs import MetricsCSV, TensorBoard, progress_bar
-from .metrics import measurement_psnr, psnr, relative_error, ssim
+from .metrics import PSNR_CAP_DB, compared_images, measurement_psnr, psnr, relative_error, ssim
 from .settings import EvalSettings
 
 log = logging.getLogger(__name__)
@@ -92,12 +94,11 @@ def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: 
             values: dict[str, torch.Tensor] = {}
             if "x" in tensors:
                 x = tensors["x"][first:stop].to(device)
-                xh, x0 = x_hat.clamp(0, data_range), x_init.clamp(0, data_range)
                 window = _ssim_window(min(x.shape[-2:]))
-                values["psnr"] = psnr(xh, x, data_range)
-                values["ssim"] = ssim(xh, x, data_range, window_size=window)
-                values["psnr_init"] = psnr(x0, x, data_range)
-                values["ssim_init"] = ssim(x0, x, data_range, window_size=window)
+                for suffix, estimate in (("", x_hat), ("_init", x_init)):
+                    a, b = compared_images(estimate, x, data_range, complex_images=physics.complex_images)
+                    values["psnr" + suffix] = psnr(a, b, data_range, max_db=PSNR_CAP_DB)
+                    values["ssim" + suffix] = ssim(a, b, data_range, window_size=window)
             else:
                 y_hat, y_init = physics.A(x_hat), physics.A(x_init)
                 values["meas_error"] = relative_error(y_hat, y)

@@ -57,10 +57,15 @@ class LinearPhysics(nn.Module):
 
     Subclasses must implement :meth:`A` and :meth:`A_adjoint` so that
     :math:`\langle A x, y\rangle = \langle x, A^\top y\rangle` to rounding error.
+
+    ``complex_images`` says whether the operator reads its 2 image channels as the real and
+    imaginary parts of one complex image; image metrics then compare magnitudes
+    (:func:`~eqdeq_cli.engine.metrics.compared_images`).
     """
 
     img_shape: tuple[int, int, int]
     meas_shape: tuple[int, ...]
+    complex_images: bool = False
 
     def __init__(self, noise: NoiseModel | None = None) -> None:
         super().__init__()

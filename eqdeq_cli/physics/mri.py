@@ -62,6 +62,7 @@ class MRICartesian(LinearPhysics):
             raise ValueError(f"img_size must be an integer ≥ 2, got {img_size!r}")
         n = int(img_size)
         self.img_size, self.channels = n, int(channels)
+        self.complex_images = self.channels == 2
         self.img_shape = (self.channels, n, n)
         self.meas_shape = (2, n, n)
         if str(mask) in MASK_TYPES:
