@@ -10,7 +10,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from .base import LinearPhysics, NoiseModel
-from .ct_geometry import FBP_FILTERS, joseph_matrix
+from .ct_geometry import FBP_FILTERS, joseph_matrix, view_weights
 from .ct_geometry import fbp_filter as _fbp_filter
 from .sparse import csr_like, csr_to_torch, sparse_matmul
 
@@ -30,11 +30,12 @@ class CTRadon(LinearPhysics):
     that factor (measurements are line integrals in pixel units divided by ``scale``).
 
     :meth:`A_dagger` is filtered back-projection: ramp-filter each view (zero-padded FFT),
-    back-project with the system matrix's transpose, multiply by ``π / n_views`` and undo
-    the normalisation, so that ``A_dagger(A x) ≈ x`` in intensity. The stored ``Aᵀ`` is
-    reused rather than a separate interpolating back-projector: one matrix, and no loss of
-    FBP quality (docs/experiments.md, "FBP back-projection"). For an angular range
-    other than 180° the same ``π / n_views`` weight is used (exact for 360°).
+    weigh it by the directions it stands for (``view_weights``: ``π / n_views`` over 180° or
+    360°; on other arcs ``Δθ``, shared among views that measure the same direction mod
+    180°), back-project with the system matrix's transpose and undo the normalisation, so
+    that ``A_dagger(A x) ≈ x`` in intensity. The stored ``Aᵀ`` is reused rather than a
+    separate interpolating back-projector: one matrix, and no loss of FBP quality
+    (docs/experiments.md, "FBP back-projection").
 
     Shapes: images ``(B, C, N, N)``; measurements ``(B, C, n_views, n_detectors)``.
     Views at ``θ_v = v · angle_range / n_views`` degrees, ``v = 0 … n_views − 1``;
@@ -78,6 +79,8 @@ class CTRadon(LinearPhysics):
         self.scale = _spectral_norm(matrix) if normalize else 1.0
         matrix = matrix / self.scale
         self.register_buffer("angles", torch.from_numpy(angles), persistent=False)
+        weights = view_weights(angles, math.radians(self.angle_range / self.n_views))
+        self.register_buffer("_view_weights", torch.from_numpy(weights), persistent=False)
         self.register_buffer("_matrix", csr_to_torch(matrix), persistent=False)
         self.register_buffer("_matrix_t", csr_to_torch(matrix.T.tocsr()), persistent=False)
         response, self._n_pad = _fbp_filter(self.n_detectors, fbp_filter)
@@ -114,12 +117,14 @@ class CTRadon(LinearPhysics):
         return torch.fft.irfft(spectrum, n=self._n_pad, dim=-1)[..., : self.n_detectors]
 
     def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
-        r"""Filtered back-projection :math:`\mathrm{scale}\cdot\frac{\pi}{n_\text{views}}\sum_\theta (h * y_\theta)(x\cdot n_\theta)`."""
+        r"""Filtered back-projection :math:`\mathrm{scale}\cdot\sum_\theta w_\theta\,(h * y_\theta)(x\cdot n_\theta)`,
+        ``w`` the views' weights (:func:`~eqdeq_cli.physics.ct_geometry.view_weights`)."""
         self.check_measurement(y)
         b = y.shape[0]
-        filtered = self.filter_sinogram(y).reshape(b * self.channels, -1)
+        weights = self._view_weights.to(device=y.device, dtype=y.dtype)[:, None]
+        filtered = (self.filter_sinogram(y) * weights).reshape(b * self.channels, -1)
         x = self._matmul(self._matrix_t, self._matrix, filtered)
-        return (x * (self.scale**2 * math.pi / self.n_views)).reshape((b,) + self.img_shape)
+        return (x * self.scale**2).reshape((b,) + self.img_shape)
 
     def extra_repr(self) -> str:
         return (f"img_size={self.img_size}, channels={self.channels}, n_views={self.n_views}, "

@@ -99,3 +99,35 @@ def fbp_filter(n_detectors: int, name: str = "ram-lak") -> tuple[np.ndarray, int
     elif name == "hann":
         response = response * np.cos(np.pi * nu) ** 2
     return response, n_pad
+
+
+def view_weights(angles: np.ndarray, spacing: float) -> np.ndarray:
+    r"""FBP quadrature weights (radians) of parallel-beam views, one per view.
+
+    FBP integrates the filtered back-projections over the directions
+    :math:`\theta \in [0, \pi)`; view :math:`\theta + \pi` measures the same lines as
+    :math:`\theta`. Each view stands for the arc :math:`[\theta_v - \Delta/2, \theta_v + \Delta/2)`
+    of directions (``Δ = spacing``, radians); a direction covered by ``c`` views (mod π) is
+    shared among them, so the weight of view ``v`` is :math:`\int_{\text{its arc}} d\varphi / c(\varphi)`.
+
+    * Views spread evenly over 180° (or 360°): every weight is ``π / n_views``.
+    * 270°: the directions covered twice give each of their views ``Δ/2``, the rest ``Δ``;
+      weighing all views by ``π / n_views`` would count the doubled quarter twice.
+    * Less than 180° (limited angle): every weight is ``Δ``; the missing wedge stays missing.
+
+    ``angles``: ``(n_views,)`` in radians. Returns ``(n_views,)`` float64 weights summing to
+    the covered measure of directions (π when the arc reaches 180°).
+    """
+    angles = np.asarray(angles, dtype=np.float64)
+    width = min(float(spacing), np.pi)
+    starts = np.mod(angles - spacing / 2, np.pi)
+    cuts = np.unique(np.concatenate([starts, np.mod(starts + width, np.pi), [0.0]]))
+    edges = np.append(cuts, np.pi)
+    lengths = np.diff(edges)
+    mids = edges[:-1] + lengths / 2
+    inside = np.mod(mids[:, None] - starts[None, :], np.pi) < width  # (segments, views)
+    if width >= np.pi:
+        inside[:] = True
+    cover = inside.sum(axis=1)
+    share = np.where(cover > 0, lengths / np.maximum(cover, 1), 0.0)
+    return inside.T.astype(np.float64) @ share
