@@ -29,19 +29,17 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from . import CONFIG_DIR
 from .errors import CheckpointError
 
 #: Top-level key of a composed config listing the targets the user trusts.
 TRUST_KEY = "trust"
-#: The config tree shipped inside the package (a link to the top-level ``configs/`` in a checkout).
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: Folders of the config tree that hold the user's own settings, not eqdeq's.
 USER_CONFIG_DIRS = ("local",)
 _PACKAGE = __name__.split(".")[0]

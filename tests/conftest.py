@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from eqdeq_cli import CONFIG_DIR  # the tree the commands compose from
+
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
 
 #: Overrides that make any run tiny: 16-pixel phantoms, a small denoiser, small budgets.
 TINY = [

@@ -24,10 +24,9 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig
 
-log = logging.getLogger(__name__)
+from .. import CONFIG_DIR
 
-#: The config tree shipped inside the package (a link to the top-level configs/ in a checkout).
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,7 +120,7 @@ def run_app(config_name: str, task: Callable[[DictConfig], Any], argv: Sequence[
     """
     import hydra
 
-    app = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)
+    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)
     saved = sys.argv
     sys.argv = [prog, *argv]
     try:
