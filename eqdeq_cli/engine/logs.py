@@ -1,4 +1,4 @@
-"""Where numbers go: ``metrics.csv``, TensorBoard (``tb/``) and progress bars.
+"""Where numbers go: ``metrics.csv``, TensorBoard (``tb/``), progress bars and log lines.
 
 The console and log-file handlers of the commands are :mod:`eqdeq_cli.commands.console`'s."""
 from __future__ import annotations
@@ -14,6 +14,11 @@ import torch
 
 #: Leading columns of ``metrics.csv``; metric columns follow in sorted order.
 CSV_LEAD = ("step", "split", "time_s")
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """``psnr=28.31 ssim=0.812 ...`` for a log line (the sample count ``n`` left out)."""
+    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "n")
 
 
 def progress_bar(*, total: int, desc: str, unit: str, enabled: bool, initial: int = 0) -> Any:

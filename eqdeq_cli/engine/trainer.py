@@ -34,7 +34,7 @@ from ..physics.base import LinearPhysics
 from .checkpoint import load_model_state, model_state, save_checkpoint
 from .distributed import Distributed, GlobalBatchDraws, rank_slice
 from .evaluate import EvalResult, evaluate_and_record
-from .logs import MetricsCSV, TensorBoard, progress_bar
+from .logs import MetricsCSV, TensorBoard, format_metrics, progress_bar
 from ..analysis.contraction import spectral_norm_per_sample
 from .metrics import psnr
 from .settings import EvalSettings, TrainerSettings
@@ -408,7 +408,3 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
 
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """``psnr=28.31 ssim=0.812 ...`` for a log line."""
-    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "n")

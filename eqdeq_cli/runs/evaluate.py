@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..engine.checkpoint import resolve_checkpoint_path
 from ..engine.distributed import Distributed
 from ..engine.evaluate import evaluate_and_record
+from ..engine.logs import format_metrics
 from ..engine.settings import eval_settings, resolve_device
-from ..engine.trainer import format_metrics
 from ..errors import UserError
 from ..utils.files import write_json
 from .restore import measurement_sets, restore_run
