@@ -64,7 +64,7 @@ def test_reconstruction_target_round_trip(root):
     expected = [vols[("train", s)]["esc"] / vols[("train", s)]["esc"].max() for s in (0, 1)]
     assert x.shape == (3 + 4, 1, R, R) and x.dtype == torch.float32
     assert torch.allclose(x[:, 0], torch.from_numpy(np.concatenate(expected)))  # sorted volumes, per-volume max
-    raw = FastMRIData(root=path, img_size=R, normalize="none")
+    raw = FastMRIData(root=path, img_size=R, normalize="none", data_range=4.0)  # volume 2 is in [0, 3]
     assert torch.equal(_stack(raw.split("val"))[:, 0], torch.from_numpy(vols[("val", 2)]["esc"]))
 
 
@@ -83,13 +83,14 @@ def test_kspace_target_magnitude_and_complex(root):
 
 def test_crop_resize_and_slice_selection(root):
     path, vols = root
-    data = FastMRIData(root=path, img_size=R // 2, crop_size=R, normalize="none", center_slices=1, max_slices=2)
+    data = FastMRIData(root=path, img_size=R // 2, crop_size=R, normalize="none", center_slices=1, max_slices=2,
+                       data_range=4.0)
     x = _stack(data.split("train"))
     # central slice of each of the two train volumes (3 and 4 slices -> index 1 and 1)
     esc = np.stack([vols[("train", 0)]["esc"][1], vols[("train", 1)]["esc"][1]])
     pooled = F.avg_pool2d(torch.from_numpy(esc)[:, None], 2)
     assert x.shape == (2, 1, R // 2, R // 2) and torch.allclose(x, pooled)
-    smaller = FastMRIData(root=path, img_size=8, normalize="none", max_slices=1)
+    smaller = FastMRIData(root=path, img_size=8, normalize="none", max_slices=1, data_range=4.0)
     assert torch.equal(_stack(smaller.split("test"))[0, 0], torch.from_numpy(vols[("test", 3)]["esc"][0, 4:12, 4:12]))
 
 

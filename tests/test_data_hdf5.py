@@ -87,11 +87,11 @@ def test_measurement_only_file_with_complex_data(tmp_path):
 
 @pytest.mark.parametrize("mode", ["minmax", "max"])
 def test_normalisation_per_image(tmp_path, mode):
-    a = np.stack([np.linspace(-2, 6, 64).reshape(8, 8), np.full((8, 8), 3.0), np.zeros((8, 8))]).astype(np.float32)
+    a = np.stack([np.linspace(2, 6, 64).reshape(8, 8), np.full((8, 8), 3.0), np.zeros((8, 8))]).astype(np.float32)
     data = HDF5Data(path=_write(tmp_path / "n.h5", {"x": a}), normalize=mode, val_fraction=0.0, test_fraction=0.0)
     x = _stack(data.split("train"), "x")[:, 0]
     if mode == "minmax":
-        assert torch.allclose(x[0], (torch.from_numpy(a[0]) + 2) / 8)
+        assert torch.allclose(x[0], (torch.from_numpy(a[0]) - 2) / 4)
         assert x[0].min() == 0 and x[0].max() == 1
         assert torch.equal(x[1], torch.zeros(8, 8))  # constant image -> 0, no division by zero
     else:
@@ -157,7 +157,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 
 
 def test_config_instantiates(tmp_path):
-    path = _write(tmp_path / "c.h5", {f"{s}/x": np.zeros((2, 1, 8, 8), np.float32) for s in ("train", "val", "test")})
+    path = _write(tmp_path / "c.h5", {f"{s}/x": np.ones((2, 1, 8, 8), np.float32) for s in ("train", "val", "test")})
     cfg = OmegaConf.load(CONFIG)
     assert {"_target_", "img_size", "channels"} <= set(cfg)
     cfg.path, cfg.img_size = str(path), 8

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .base import DataSource, TensorDictDataset, check_split_name
-from .preprocess import area_resize, center_crop, check_finite, complex_to_channels
+from ..utils.checks import check_real
+from .preprocess import area_resize, center_crop, check_finite, check_value_range, complex_to_channels
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class FastMRIData(DataSource):
         knee volumes are mostly noise); ``None`` keeps all.
     max_slices:
         At most this many slices per split (volumes in sorted order); ``None``: no limit.
+    data_range:
+        The images' range ``[0, data_range]`` that metrics and noise levels assume (the
+        config sets it to ``evaluation.data_range``); a volume on another scale (e.g. raw
+        values ~1e-4 with ``normalize: none``) is refused, naming the file.
 
     A split is read when first requested and then kept in memory.
     """
@@ -82,7 +87,7 @@ class FastMRIData(DataSource):
                  val_path: str | os.PathLike | None = "val", test_path: str | os.PathLike | None = "test",
                  target: str = "reconstruction_esc", img_size: int = 320, crop_size: int | None = None,
                  channels: int = 1, normalize: str = "max", center_slices: int | None = None,
-                 max_slices: int | None = None) -> None:
+                 max_slices: int | None = None, data_range: float = 1.0) -> None:
         if target not in TARGETS:
             raise ValueError(f"unknown target={target!r}; valid values are {', '.join(map(repr, TARGETS))}")
         if normalize not in VOLUME_NORMALIZE:
@@ -91,6 +96,7 @@ class FastMRIData(DataSource):
         if channels not in (1, 2) or (channels == 2 and target != "kspace"):
             raise ValueError(f"channels={channels!r} is not available for target={target!r}; use channels: 1 "
                              "(magnitude), or channels: 2 (real, imaginary) with target: kspace")
+        self.data_range = check_real("data_range", data_range, low=0.0)
         self.img_size = int(img_size)
         self.crop_size = self.img_size if crop_size is None else int(crop_size)
         if self.img_size < 1 or self.crop_size < self.img_size:
@@ -159,6 +165,8 @@ class FastMRIData(DataSource):
         if self.normalize == "max":
             mag = img.pow(2).sum(dim=1).sqrt() if self.channels == 2 else img.abs()
             img = img / mag.max().clamp_min(torch.finfo(img.dtype).tiny)
+        if img.shape[0]:
+            check_value_range(img, self.data_range, f"fastMRI volume {str(path)!r}", signed=self.channels == 2)
         return img.contiguous()
 
     def _load(self, name: str) -> torch.Tensor:

@@ -30,8 +30,9 @@ import h5py
 import numpy as np
 import torch
 
+from ..utils.checks import check_real
 from .base import SPLITS, DataSource, TensorDictDataset, check_split_name
-from .preprocess import check_finite, check_normalize, complex_to_channels
+from .preprocess import check_finite, check_normalize, check_value_range, complex_to_channels
 from .preprocess import normalize as normalize_images
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class HDF5Data(DataSource):
         alone would break ``y = A x``.
     val_fraction, test_fraction:
         For a single file without split groups only (default 0.1 each).
+    data_range:
+        The images' range ``[0, data_range]`` that metrics and noise levels assume (the
+        config sets it to ``evaluation.data_range``). Images, after ``normalize``, on
+        another scale are refused (:func:`~eqdeq_cli.data.preprocess.check_value_range`).
 
     Everything is read and checked at construction, then held in memory.
     """
@@ -80,8 +85,9 @@ class HDF5Data(DataSource):
                  val_path: str | os.PathLike | None = None, test_path: str | os.PathLike | None = None,
                  image_key: str | None = "x", measurement_key: str | None = "y", img_size: int | None = None,
                  channels: int = 1, normalize: str = "none", val_fraction: float | None = None,
-                 test_fraction: float | None = None) -> None:
+                 test_fraction: float | None = None, data_range: float = 1.0) -> None:
         self.normalize = check_normalize(normalize)
+        self.data_range = check_real("data_range", data_range, low=0.0)
         if image_key is None and measurement_key is None:
             raise ValueError("image_key and measurement_key are both None; name at least one dataset to read")
         if int(channels) < 1:
@@ -100,6 +106,7 @@ class HDF5Data(DataSource):
             raise ValueError("no data file given: set path, or at least one of train_path/val_path/test_path")
 
         self._data: dict[str, dict[str, torch.Tensor]] = {}
+        self._origin: dict[str, str] = {}
         self._missing: dict[str, str] = {}
         if path is not None:
             self._load_single_file(Path(path).expanduser(), val_fraction, test_fraction)
@@ -115,6 +122,7 @@ class HDF5Data(DataSource):
                 self._require_file(p)
                 with h5py.File(p, "r") as f:
                     self._data[split] = self._read(f, f"{p}")
+                self._origin[split] = str(p)
         self._finish()
 
     # -- reading ---------------------------------------------------------------
@@ -133,6 +141,7 @@ class HDF5Data(DataSource):
                 for split in SPLITS:
                     if split in groups:
                         self._data[split] = self._read(f[split], f"{p}:/{split}")
+                        self._origin[split] = f"{p}:/{split}"
                     else:
                         self._missing[split] = f"{p} has no group {split!r} (groups present: {groups})"
                 return
@@ -142,6 +151,7 @@ class HDF5Data(DataSource):
         n = next(iter(tensors.values())).shape[0]
         for split, sl in _contiguous_split(n, vf, tf, str(p)).items():
             self._data[split] = {k: v[sl] for k, v in tensors.items()}
+            self._origin[split] = f"{p} ({split} samples)"
             if sl.stop == sl.start:
                 self._missing[split] = (f"split {split!r} of {p} is empty ({n} samples, "
                                         f"{split}_fraction={vf if split == 'val' else tf}); raise the fraction")
@@ -224,6 +234,12 @@ class HDF5Data(DataSource):
                                  "breaking y = A x; use normalize: none, or normalise when creating the file")
             for d in self._data.values():
                 d["x"] = normalize_images(d["x"], self.normalize)
+        if self.has_images:
+            fix = "" if self.has_measurements else "data.normalize: max (or minmax)"
+            for split, d in self._data.items():
+                if d["x"].shape[0]:
+                    check_value_range(d["x"], self.data_range, f"dataset {self.image_key!r} in {self._origin[split]}",
+                                      signed=self.channels == 2, fix=fix)
 
     # -- interface ------------------------------------------------------------------
     def split(self, name: str) -> TensorDictDataset:
