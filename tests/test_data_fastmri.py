@@ -146,3 +146,47 @@ def test_config_instantiates(root):
     cfg.root, cfg.img_size = str(path), R
     data = instantiate(cfg)
     assert isinstance(data, FastMRIData) and data.split("test")[0]["x"].shape == (1, R, R)
+
+
+def _undersample(path: Path, **how) -> None:
+    """Turn a fully sampled volume into a test-split style one, as the official test set stores them."""
+    with h5py.File(path, "r+") as f:
+        k = f["kspace"][...]
+        if how.get("zero_columns"):
+            keep = np.zeros(KW, dtype=bool)
+            keep[::4] = True
+            keep[KW // 2 - 2:KW // 2 + 2] = True      # the fully sampled centre
+            k[..., ~keep] = 0
+            del f["kspace"]
+            f.create_dataset("kspace", data=k)
+        if how.get("mask"):
+            f.create_dataset("mask", data=np.ones(KW, dtype=bool))
+        if how.get("attrs"):
+            f.attrs.update({"acceleration": 4, "num_low_frequency": 4})
+
+
+@pytest.mark.parametrize("how, evidence", [
+    ({"zero_columns": True}, "9 of the 17 k-space columns of its sampled band are all zero"),
+    ({"mask": True}, "it holds a 'mask' dataset"),
+    ({"attrs": True}, "it has the attribute acceleration=4, num_low_frequency=4")])
+def test_undersampled_volumes_are_refused_naming_the_file(tmp_path, how, evidence):
+    path = tmp_path / "file_test.h5"
+    _write_volume(path, n_slices=2, seed=0)
+    _undersample(path, **how)
+    for target in ("kspace", "reconstruction_esc") if not how.get("zero_columns") else ("kspace",):
+        data = FastMRIData(root=tmp_path, train_path=path.name, target=target, img_size=R)
+        with pytest.raises(ValueError, match=rf"volume '.*file_test\.h5' is already undersampled \({evidence}"):
+            data.split("train")
+
+
+def test_zero_padding_at_the_k_space_edges_is_not_undersampling(tmp_path):
+    path = tmp_path / "padded.h5"
+    _write_volume(path, n_slices=2, seed=0)
+    with h5py.File(path, "r+") as f:
+        k = f["kspace"][...]
+        k[..., :3] = 0
+        k[..., -3:] = 0
+        del f["kspace"]
+        f.create_dataset("kspace", data=k)
+    x = FastMRIData(root=tmp_path, train_path=path.name, target="kspace", img_size=R).split("train").tensors["x"]
+    assert x.shape == (2, 1, R, R)

@@ -19,6 +19,11 @@ then (magnitude, or real and imaginary parts as 2 channels) centre-cropped to
 ``crop_size`` and, when ``img_size < crop_size``, downsampled to ``img_size`` by area
 averaging. Each volume is normalised on its own (``"max"``: divided by the largest
 magnitude of its selected, processed slices).
+
+Volumes that are already undersampled (the official test and challenge sets: a ``mask``
+dataset, ``acceleration`` / ``num_low_frequency`` attributes, or zero k-space columns
+inside the sampled band) are refused: their images are aliased, and taking them as ground
+truth inflates every metric.
 """
 from __future__ import annotations
 
@@ -38,6 +43,36 @@ log = logging.getLogger(__name__)
 
 TARGETS: tuple[str, ...] = ("reconstruction_esc", "kspace")
 VOLUME_NORMALIZE: tuple[str, ...] = ("none", "max")
+#: Attributes that the fastMRI challenge and test volumes carry and fully sampled ones do not.
+UNDERSAMPLING_ATTRS: tuple[str, ...] = ("acceleration", "num_low_frequency")
+#: Zero k-space columns inside the sampled band, as a fraction of it, above which a volume
+#: is taken as undersampled (fully sampled volumes have none; zero padding lies at the edges).
+MAX_ZERO_COLUMN_FRACTION = 0.05
+
+
+def undersampling_evidence(f: h5py.File, kspace: torch.Tensor | None = None) -> str | None:
+    """Why volume ``f`` looks already undersampled, or ``None``.
+
+    Evidence: a ``mask`` dataset, an :data:`UNDERSAMPLING_ATTRS` attribute (as the official
+    test and challenge volumes carry), or, given its k-space ``(slices, H, W)``, more than
+    :data:`MAX_ZERO_COLUMN_FRACTION` of the columns between the first and last non-zero one
+    all zero in every slice (zero padding at the edges is not counted).
+    """
+    if "mask" in f:
+        return "it holds a 'mask' dataset"
+    found = [f"{a}={f.attrs[a]}" for a in UNDERSAMPLING_ATTRS if a in f.attrs]
+    if found:
+        return f"it has the attribute {', '.join(found)}"
+    if kspace is not None and kspace.shape[-1] > 0:
+        nonzero = (kspace != 0).reshape(-1, kspace.shape[-1]).any(dim=0)
+        idx = nonzero.nonzero().flatten()
+        if idx.numel() == 0:
+            return "its k-space is all zero"
+        band = nonzero[int(idx[0]):int(idx[-1]) + 1]
+        n_zero = int((~band).sum())
+        if n_zero > MAX_ZERO_COLUMN_FRACTION * band.numel():
+            return f"{n_zero} of the {band.numel()} k-space columns of its sampled band are all zero"
+    return None
 
 
 def ifft2c(kspace: torch.Tensor) -> torch.Tensor:
@@ -155,6 +190,11 @@ class FastMRIData(DataSource):
             if budget is not None:
                 stop = min(stop, start + budget)
             raw = torch.from_numpy(np.asarray(ds[start:stop]))
+            evidence = undersampling_evidence(f, raw if self.target == "kspace" else None)
+        if evidence is not None:
+            raise ValueError(f"fastMRI volume {str(path)!r} is already undersampled ({evidence}): its images are "
+                             "aliased, not ground truth; use fully sampled volumes (singlecoil_train / "
+                             "singlecoil_val) and let physics=mri undersample them")
         if self.target == "kspace":
             img = ifft2c(raw.to(torch.complex64))
             img = img.abs()[:, None] if self.channels == 1 else complex_to_channels(img)

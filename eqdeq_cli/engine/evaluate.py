@@ -5,8 +5,8 @@ With ground truth (items carry ``"x"``): PSNR and SSIM of the DEQ reconstruction
 to :math:`[0, R]` (``R`` = ``data_range``); complex images (an operator with
 ``complex_images``) are compared as magnitudes, and a sample's PSNR is capped at
 ``PSNR_CAP_DB`` (see :func:`eqdeq_cli.engine.metrics.compared_images`).
-Without ground truth, measurement-domain metrics only: the relative residual :math:`\lVert A\hat x - y\rVert / \lVert y\rVert`
-and measurement PSNR (see :mod:`eqdeq_cli.engine.metrics`), for both.
+Without ground truth, measurement-domain metrics only: the relative residual
+:math:`\lVert A\hat x - y\rVert / \lVert y\rVert` and measurement PSNR (see :mod:`eqdeq_cli.engine.metrics`), for both.
 Always: mean forward iterations, mean final residual, the fraction of samples whose
 solve converged, and the number of non-finite solves.
 
