@@ -22,7 +22,7 @@ GRADS = ("implicit", "jfb", "unrolled")
 def _initial_denoiser(compose_cfg, overrides):
     """The denoiser weights a run starts from (same seed, same build order)."""
     from eqdeq_cli.components import build_components
-    from eqdeq_cli.engine.state import seed_everything
+    from eqdeq_cli.engine.rng import seed_everything
 
     cfg = compose_cfg(overrides)
     seed_everything(int(cfg.seed))

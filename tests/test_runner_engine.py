@@ -10,7 +10,7 @@ import torch
 
 from eqdeq_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from eqdeq_cli.engine.schedules import constant, warmup_cosine
-from eqdeq_cli.engine.state import capture_rng_state, data_order, restore_rng_state
+from eqdeq_cli.engine.rng import capture_rng_state, data_order, restore_rng_state
 from eqdeq_cli.errors import CheckpointError
 
 

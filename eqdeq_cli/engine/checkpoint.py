@@ -3,7 +3,7 @@
 A checkpoint is a dict of plain data and tensors:
 
 ``model``, ``optimizer``, ``scheduler`` (state dicts), ``step`` (optimizer steps
-taken), ``rng`` (see :mod:`eqdeq_cli.engine.state`), ``config`` (the resolved run
+taken), ``rng`` (see :mod:`eqdeq_cli.engine.rng`), ``config`` (the resolved run
 config as plain containers), ``best`` (best monitored value and its step),
 ``bad_steps``, ``train_time_s`` and ``format`` (:data:`FORMAT`). The model's state is
 :func:`model_state`: the learned tensors only, without the operator's buffers.

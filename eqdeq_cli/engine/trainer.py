@@ -1,7 +1,7 @@
 """The training loop: fixed measurements, deterministic data order, checkpoints, evaluation.
 
 One step: take the next ``batch_size`` measurements in the order of
-:func:`~eqdeq_cli.engine.state.data_order`, compute ``loss(f, y, physics, group,
+:func:`~eqdeq_cli.engine.rng.data_order`, compute ``loss(f, y, physics, group,
 x=x if loss.needs_ground_truth else None, generator=loss_generator)``, backpropagate,
 clip, step the optimizer and the schedule. Everything that decides what happens next
 (weights, optimizer, schedule, step, RNG states, best metric) is in the checkpoint, so a
@@ -37,8 +37,8 @@ from .evaluate import EvalResult, evaluate_and_record
 from .logs import MetricsCSV, TensorBoard, format_metrics, progress_bar
 from ..analysis.contraction import spectral_norm_per_sample
 from .metrics import psnr
+from .rng import capture_rng_state, data_order, restore_rng_state
 from .settings import EvalSettings, TrainerSettings
-from .state import capture_rng_state, data_order, restore_rng_state
 
 log = logging.getLogger(__name__)
 

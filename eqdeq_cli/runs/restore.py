@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..components import Components, build_components
 from ..engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint_path
 from ..engine.measurements import simulate_measurements
-from ..engine.state import seed_everything
+from ..engine.rng import seed_everything
 from ..errors import CheckpointError
 from ..trust import TRUST_KEY, TrustedTargets, check_saved_config, resolved_saved_config
 

@@ -19,8 +19,8 @@ from ..engine.checkpoint import load_checkpoint, resolve_checkpoint_path
 from ..engine.distributed import Distributed
 from ..engine.evaluate import evaluate_and_record
 from ..engine.logs import format_metrics
+from ..engine.rng import seed_everything
 from ..engine.settings import eval_settings, resolve_device, trainer_settings
-from ..engine.state import seed_everything
 from ..engine.trainer import StepCallback, Trainer
 from ..trust import TrustedTargets, check_saved_config, resolved_saved_config
 from ..utils.files import write_json

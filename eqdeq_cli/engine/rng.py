@@ -1,4 +1,4 @@
-"""Seeding and random-number-generator state that survives a checkpoint.
+"""Seeding, the seeded order of the training data, and random-number-generator state that survives a checkpoint.
 
 Every RNG state is stored as plain data (tensors, lists, tuples, ints), so a checkpoint
 loads with ``torch.load(..., weights_only=True)``.
