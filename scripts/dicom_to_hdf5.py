@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 r"""Convert a folder of CT or MR DICOM slices into the HDF5 layout that ``HDF5Data`` reads.
 
-Each slice is converted to physical units with the DICOM rescale,
-:math:`v = \text{RescaleSlope}\cdot p + \text{RescaleIntercept}` (Hounsfield units for CT),
-mapped to [0, 1] by a window
+Each slice (or frame of a multi-frame file) is converted to physical units with the DICOM
+modality transform, :math:`v = \text{RescaleSlope}\cdot p + \text{RescaleIntercept}`
+(Hounsfield units for CT), read per frame from the functional groups of Enhanced
+multi-frame objects (per-frame, else shared Pixel Value Transformation) and from the top
+level otherwise; pixel padding (``PixelPaddingValue``) takes the frame's smallest real
+value. Then it is mapped to [0, 1] by a window
 
 .. math::
 
@@ -11,11 +14,18 @@ mapped to [0, 1] by a window
 
 with :math:`[\ell, h]` = ``--window CENTER WIDTH`` (:math:`c \mp w/2`), ``--range LOW HIGH``,
 or by default the minimum and maximum over all slices (one mapping for the whole set,
-so contrast is comparable across slices), then centre-cropped to a square and resized
-to ``--size`` (area averaging when shrinking, bilinear when enlarging).
+so contrast is comparable across slices); MONOCHROME1 slices (minimum displayed white) are
+then inverted, :math:`x \mapsto 1 - x`, so every output is MONOCHROME2. Last, centre-cropped
+to a square and resized to ``--size`` (area averaging when shrinking, bilinear when enlarging).
+
+Compressed transfer syntaxes (JPEG, JPEG lossless, JPEG-LS, JPEG 2000) need a decoder
+package (``pip install eqdeq[dicom-codecs]``); a file that cannot be decoded stops the
+conversion with one line naming it and the package, or with ``--skip-unreadable`` is left
+out and counted. A non-linear Modality LUT and colour images are refused.
 
 Slices are grouped by series (``SeriesInstanceUID``) and ordered along the slice normal
-(``ImagePositionPatient`` · normal of ``ImageOrientationPatient``), else by
+(``ImagePositionPatient`` · normal of ``ImageOrientationPatient``, per frame from the
+functional groups of multi-frame objects), else by
 ``InstanceNumber``, else by file name. Splits are contiguous in that order: with
 several series whole series are assigned to splits (no patient straddles two splits);
 with one series, slices are. The output holds groups ``train``, ``val``, ``test`` (empty
@@ -56,22 +66,111 @@ def import_pydicom() -> Any:
     return pydicom
 
 
-def _slice_position(ds: Any) -> float | None:
-    pos, orient = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+#: Decoders of compressed transfer syntaxes, by UID prefix: the package that pydicom needs.
+DECODERS: tuple[tuple[str, str], ...] = (
+    ("1.2.840.10008.1.2.4.5", "pylibjpeg-libjpeg"),   # JPEG baseline / extended
+    ("1.2.840.10008.1.2.4.57", "pylibjpeg-libjpeg"),  # JPEG lossless
+    ("1.2.840.10008.1.2.4.70", "pylibjpeg-libjpeg"),  # JPEG lossless, first-order prediction
+    ("1.2.840.10008.1.2.4.8", "pylibjpeg-libjpeg"),   # JPEG-LS
+    ("1.2.840.10008.1.2.4.9", "pylibjpeg-openjpeg"),  # JPEG 2000
+    ("1.2.840.10008.1.2.4.20", "pylibjpeg-openjpeg"),  # HTJ2K
+)
+
+
+class UnreadableFile(ValueError):
+    """A DICOM file whose pixels cannot be decoded here (``--skip-unreadable`` skips it)."""
+
+
+def _decoder_hint(ds: Any) -> str:
+    """``"<transfer syntax> pixel data; <how to decode it>"`` for a file pydicom could not decode."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    uid, name = (str(syntax), getattr(syntax, "name", str(syntax))) if syntax else ("", "unknown transfer syntax")
+    package = next((pkg for prefix, pkg in DECODERS if uid.startswith(prefix)), None)
+    hint = (f"install its decoder: pip install eqdeq[dicom-codecs] (or {package})" if package
+            else "pydicom cannot decode this transfer syntax")
+    return f"{name} pixel data; {hint}"
+
+
+def _item(ds: Any, frame: int, sequence: str) -> Any | None:
+    """The first item of ``sequence`` for ``frame``: per-frame functional groups first, then shared
+    ones (Enhanced multi-frame objects), ``None`` where neither holds it."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(groups)
+        inner = seq[index].get(sequence) if seq is not None and len(seq) > index else None
+        if inner:
+            return inner[0]
+    return None
+
+
+def modality_transform(ds: Any, frame: int) -> tuple[float, float]:
+    """``(slope, intercept)`` of the modality transform of ``frame``: the Pixel Value Transformation
+    of the functional groups (Enhanced CT / MR), else the top-level Rescale Slope / Intercept."""
+    src = _item(ds, frame, "PixelValueTransformationSequence") or ds
+    return float(src.get("RescaleSlope", 1.0) or 1.0), float(src.get("RescaleIntercept", 0.0) or 0.0)
+
+
+def slice_position(ds: Any, frame: int = 0) -> float | None:
+    """Position of ``frame`` along the slice normal (``ImagePositionPatient`` · normal of
+    ``ImageOrientationPatient``, from the functional groups of a multi-frame object when there)."""
+    plane = _item(ds, frame, "PlanePositionSequence")
+    orient_item = _item(ds, frame, "PlaneOrientationSequence")
+    pos = (plane or ds).get("ImagePositionPatient")
+    orient = (orient_item or ds).get("ImageOrientationPatient")
     if pos is None or orient is None or len(orient) != 6:
         return None
     normal = np.cross(np.asarray(orient[:3], float), np.asarray(orient[3:], float))
     return float(np.dot(np.asarray(pos, float), normal))
 
 
-def read_slices(folder: Path, recursive: bool = False) -> list[tuple[str, np.ndarray]]:
-    """All image slices under ``folder`` as ``(series_uid, (H, W) float64 array in physical units)``,
-    grouped by series (in sorted UID order) and ordered within each series."""
+def _padding(ds: Any, stored: np.ndarray) -> np.ndarray | None:
+    """Mask of pixels that are Pixel Padding (outside the scanned area), or ``None``."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    a = float(ds.PixelPaddingValue)
+    b = float(ds.get("PixelPaddingRangeLimit", a))
+    return (stored >= min(a, b)) & (stored <= max(a, b))
+
+
+def read_frames(ds: Any, path: Path) -> list[tuple[np.ndarray, float | None, bool]]:
+    """Frames of one dataset as ``(values (H, W) in physical units, slice position, inverted)``.
+
+    ``inverted``: MONOCHROME1 (the minimum is displayed white); :func:`main` inverts those after
+    windowing, as the standard's display pipeline does. Pixel padding takes the frame's smallest
+    real value, so it sets neither the range nor the window. Raises :class:`UnreadableFile` naming
+    ``path`` and the decoder when the pixel data cannot be decoded.
+    """
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise ValueError(f"{path} is a colour image (SamplesPerPixel={ds.SamplesPerPixel}); expected grey CT/MR")
+    if "ModalityLUTSequence" in ds:
+        raise ValueError(f"{path} has a non-linear Modality LUT, which this converter does not apply")
+    try:
+        pixels = ds.pixel_array
+    except Exception as err:  # pydicom raises RuntimeError, NotImplementedError or ValueError by version
+        raise UnreadableFile(f"{path}: cannot decode its {_decoder_hint(ds)} ({type(err).__name__})") from None
+    stored = pixels if pixels.ndim == 3 else pixels[None]
+    inverted = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1"
+    out = []
+    for i, frame in enumerate(stored):
+        slope, intercept = modality_transform(ds, i)
+        value = frame.astype(np.float64) * slope + intercept
+        pad = _padding(ds, frame)
+        if pad is not None and pad.any() and not pad.all():
+            value[pad] = value[~pad].min()
+        out.append((value, slice_position(ds, i), inverted))
+    return out
+
+
+def read_slices(folder: Path, recursive: bool = False,
+                skip_unreadable: bool = False) -> tuple[list[tuple[str, np.ndarray, bool]], list[Path]]:
+    """All image slices under ``folder`` as ``(series_uid, (H, W) float64 array in physical units,
+    inverted)``, grouped by series (in sorted UID order) and ordered within each series, and the
+    files skipped as unreadable (``skip_unreadable``; otherwise the first one raises)."""
     pydicom = import_pydicom()
     if not folder.is_dir():
         raise FileNotFoundError(f"DICOM folder {str(folder)!r} does not exist")
     files = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file())
-    entries = []
+    entries, skipped = [], []
     for path in files:
         try:
             ds = pydicom.dcmread(path)
@@ -80,22 +179,26 @@ def read_slices(folder: Path, recursive: bool = False) -> list[tuple[str, np.nda
             continue
         if "PixelData" not in ds:
             continue
-        if int(ds.get("SamplesPerPixel", 1)) != 1:
-            raise ValueError(f"{path} is a colour image (SamplesPerPixel={ds.SamplesPerPixel}); expected grey CT/MR")
-        pixels = ds.pixel_array.astype(np.float64)
-        frames = pixels if pixels.ndim == 3 else pixels[None]
-        value = frames * float(ds.get("RescaleSlope", 1.0) or 1.0) + float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        pos, inst = _slice_position(ds), ds.get("InstanceNumber")
-        key = (0, pos, path.name) if pos is not None else ((1, float(inst), path.name) if inst is not None
-                                                           else (2, 0.0, path.name))
+        try:
+            frames = read_frames(ds, path)
+        except UnreadableFile as err:
+            if not skip_unreadable:
+                raise ValueError(f"{err}; or pass --skip-unreadable to leave such files out") from None
+            log.warning("skipped %s", err)
+            skipped.append(path)
+            continue
+        inst = ds.get("InstanceNumber")
         series = str(ds.get("SeriesInstanceUID", ""))
-        for i, frame in enumerate(value):
-            entries.append((series, key, i, frame))
+        for i, (value, pos, inverted) in enumerate(frames):
+            key = (0, pos, path.name) if pos is not None else ((1, float(inst), path.name) if inst is not None
+                                                               else (2, 0.0, path.name))
+            entries.append((series, key, i, value, inverted))
     if not entries:
         raise ValueError(f"no DICOM image slices found in {str(folder)!r}"
-                         + ("" if recursive else " (use --recursive for sub-folders)"))
+                         + ("" if recursive else " (use --recursive for sub-folders)")
+                         + (f"; {len(skipped)} unreadable files skipped" if skipped else ""))
     entries.sort(key=lambda e: (e[0], e[1], e[2]))
-    return [(series, frame) for series, _, _, frame in entries]
+    return [(series, frame, inverted) for series, _, _, frame, inverted in entries], skipped
 
 
 def to_unit_range(volume: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
@@ -162,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction for validation (default 0.1)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="fraction for test (default 0.1)")
     p.add_argument("--key", default="x", help="image dataset name in each split group (default x)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="leave out files whose pixel data cannot be decoded (reported and counted)")
     return p
 
 
@@ -174,11 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.size is not None and args.size < 1:
         raise SystemExit(f"--size must be a positive integer, got {args.size}")
     try:
-        slices = read_slices(args.input, args.recursive)
-        shapes = {frame.shape for _, frame in slices}
+        slices, skipped = read_slices(args.input, args.recursive, args.skip_unreadable)
+        shapes = {frame.shape for _, frame, _ in slices}
         if len(shapes) > 1:
             raise ValueError(f"slices have different sizes {sorted(shapes)}; convert one kind of series at a time")
-        volume = np.stack([frame for _, frame in slices])
+        volume = np.stack([frame for _, frame, _ in slices])
         low = high = None
         if args.window is not None:
             low, high = args.window[0] - args.window[1] / 2, args.window[0] + args.window[1] / 2
@@ -187,16 +292,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         low = float(volume.min()) if low is None else low
         high = float(volume.max()) if high is None else high
         unit = to_unit_range(volume, low, high)
+        inverted = np.array([inv for _, _, inv in slices])
+        unit[inverted] = 1.0 - unit[inverted]  # MONOCHROME1: the minimum is white
         images = square_resize(torch.from_numpy(unit).float()[:, None], args.size).numpy()
-        index = assign_splits([s for s, _ in slices], args.val_fraction, args.test_fraction)
+        index = assign_splits([s for s, _, _ in slices], args.val_fraction, args.test_fraction)
     except (ImportError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
     splits = {s: images[i] for s, i in index.items()}
     attrs = {"source": str(args.input), "low": low, "high": high, "size": images.shape[-1],
-             "n_series": len({s for s, _ in slices})}
+             "n_series": len({s for s, _, _ in slices}), "n_skipped": len(skipped)}
     write_hdf5(args.output, splits, args.key, attrs)
     log.info("wrote %s: %s, images %dx%d", args.output, {s: len(v) for s, v in splits.items()},
              images.shape[-1], images.shape[-1])
+    if skipped:
+        log.warning("skipped %d unreadable file(s) (see above)", len(skipped))
     return 0
 
 
