@@ -32,7 +32,7 @@ Train deep equilibrium models for imaging inverse problems without ground truth.
 commands:
 {commands}
 
-Each command takes --help. train and eval take Hydra overrides, e.g.
+Each command takes --help. train, eval and analyze take Hydra overrides, e.g.
   eqdeq train physics=ct grad=implicit
   eqdeq train -m grad=implicit,jfb seed=0,1
   eqdeq train --cfg job          (print the composed config and exit)
