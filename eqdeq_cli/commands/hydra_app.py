@@ -120,6 +120,9 @@ def run_app(config_name: str, task: Callable[[DictConfig], Any], argv: Sequence[
     """
     import hydra
 
+    from ..runs.directory import register_resolvers
+
+    register_resolvers()  # before Hydra composes: hydra.run.dir and hydra.sweep.dir use them
     app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)
     saved = sys.argv
     sys.argv = [prog, *argv]

@@ -1,0 +1,49 @@
+"""A run directory belongs to one run: unique names even when runs start together.
+
+:func:`run_stamp` is the ``${eqdeq_run_stamp:}`` resolver of ``hydra.run.dir`` and
+``hydra.sweep.dir``: ``<date>_<time>.<microseconds>-p<pid>``, so two runs started in the
+same second (or two sweeps) get different directories, which still sort by start time.
+Under ``torchrun`` / ``srun`` every rank must name the same directory, so the suffix is
+the launch's id instead of the process's. Standard library only: ``eqdeq
+train --help`` resolves no directory but imports this module.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Mapping
+
+RESOLVER = "eqdeq_run_stamp"
+
+
+def launch_id(env: Mapping[str, str] | None = None) -> str | None:
+    """An id shared by every process of a torchrun / srun launch, or ``None`` when alone."""
+    env = os.environ if env is None else env
+    if env.get("TORCHELASTIC_RUN_ID") not in (None, "", "none"):
+        return f"r{env['TORCHELASTIC_RUN_ID']}"
+    if "RANK" in env and "WORLD_SIZE" in env and env.get("MASTER_PORT"):
+        return f"{env.get('MASTER_ADDR', '')}-{env['MASTER_PORT']}"
+    if env.get("SLURM_JOB_ID") and env.get("SLURM_NTASKS", "1") != "1":
+        return f"j{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
+    return None
+
+
+def run_stamp(now: datetime.datetime | None = None, pid: int | None = None,
+              env: Mapping[str, str] | None = None) -> str:
+    """``2026-11-29_22-57-44.123456-p4321``: start time to the microsecond, then the process id.
+
+    In a launch of several processes: ``2026-11-29_22-57-44-<launch id>`` (the ranks agree on
+    it, and rank 0's directory is used should their clocks straddle a second).
+    """
+    now = now or datetime.datetime.now()
+    shared = launch_id(env)
+    if shared is not None:
+        return f"{now:%Y-%m-%d_%H-%M-%S}-{shared.replace('/', '_')}"
+    return f"{now:%Y-%m-%d_%H-%M-%S.%f}-p{os.getpid() if pid is None else pid}"
+
+
+def register_resolvers() -> None:
+    """Register ``${eqdeq_run_stamp:}`` (cached per config, so a sweep's jobs share its stamp)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver(RESOLVER, lambda: run_stamp(), use_cache=True, replace=True)

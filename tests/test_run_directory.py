@@ -1,0 +1,69 @@
+"""A run directory belongs to one run: unique names under concurrency, a lock while it runs."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from eqdeq_cli import CONFIG_DIR
+from eqdeq_cli.runs.directory import register_resolvers, run_stamp
+
+
+def _hydra_dirs() -> tuple[str, str]:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True)
+    return str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
+
+
+def test_two_compositions_in_the_same_second_get_different_directories():
+    first, second = _hydra_dirs(), _hydra_dirs()
+    assert first[0] != second[0] and first[1] != second[1]
+    assert first[0].startswith("outputs/train/") and first[1].startswith("outputs/train/multirun/")
+    assert first[0].rsplit("/", 1)[1] == first[1].rsplit("/", 1)[1]  # one stamp per composition
+
+
+def test_stamps_sort_by_start_time_and_name_the_process():
+    t = datetime.datetime(2026, 1, 2, 3, 4, 5, 60)
+    stamps = [run_stamp(t, pid=99, env={}), run_stamp(t + datetime.timedelta(microseconds=5), pid=7, env={}),
+              run_stamp(t + datetime.timedelta(seconds=1), pid=1, env={})]
+    assert stamps[0] == "2026-01-02_03-04-05.000060-p99"
+    assert sorted(stamps) == stamps
+    assert run_stamp(t, pid=1, env={}) != run_stamp(t, pid=2, env={})
+
+
+def test_the_ranks_of_a_launch_share_the_stamp():
+    t = datetime.datetime(2026, 1, 2, 3, 4, 5, 60)
+    env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "n1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "abc"}
+    assert run_stamp(t, pid=1, env=env) == run_stamp(t, pid=2, env={**env, "RANK": "1"}) == "2026-01-02_03-04-05-rabc"
+
+
+def _eqdeq() -> str:
+    exe = Path(sys.executable).parent / "eqdeq"
+    return str(exe) if exe.exists() else shutil.which("eqdeq") or "eqdeq"
+
+
+def _start(args, cwd, cache_dir):
+    env = {**os.environ, "EQDEQ_CACHE_DIR": str(cache_dir)}
+    return subprocess.Popen([_eqdeq(), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_two_trainings_started_together_get_their_own_directories(tmp_path, cache_dir):
+    procs = [_start(["train", "debug=smoke", f"seed={s}"], tmp_path, cache_dir) for s in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = sorted((tmp_path / "outputs" / "train").iterdir())
+    assert len(runs) == 2
+    seeds = sorted(OmegaConf.load(r / ".hydra" / "config.yaml").seed for r in runs)
+    assert seeds == [0, 1]
+    for r in runs:
+        assert json.loads((r / "metrics.json").read_text())["steps"] == 2
+        assert (r / "train.log").read_text().count("run directory:") == 1
