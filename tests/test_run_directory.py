@@ -67,3 +67,42 @@ def test_two_trainings_started_together_get_their_own_directories(tmp_path, cach
     for r in runs:
         assert json.loads((r / "metrics.json").read_text())["steps"] == 2
         assert (r / "train.log").read_text().count("run directory:") == 1
+
+
+HOLD = ("import sys, time\nfrom eqdeq_cli.runs.directory import hold_run_dir\n"
+        "lock = hold_run_dir(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(120)\n")
+
+
+def _holder(run_dir: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_in_a_running_runs_directory_stops_at_once(tmp_path, capfd, cache_dir):
+    from eqdeq_cli import cli
+
+    run_dir = tmp_path / "run"
+    holder = _holder(run_dir)
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")  # the running run's config
+    try:
+        assert cli.main(["train", "debug=smoke", f"hydra.run.dir={run_dir}"]) == 1
+        err = capfd.readouterr().err
+        assert "Traceback" not in err
+        lines = [line for line in err.splitlines() if "in use by another run" in line]
+        assert len(lines) == 1 and str(run_dir) in lines[0] and f"PID {holder.pid}" in lines[0], err
+        assert not (run_dir / "status.json").exists() and not (run_dir / "checkpoints").exists()
+        assert (run_dir / ".hydra" / "config.yaml").read_text() == "seed: 0\n"
+        assert cli.main(["eval", f"ckpt={run_dir}", f"hydra.run.dir={run_dir}"]) == 1
+        assert f"PID {holder.pid}" in capfd.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up: the directory is free again
+    assert cli.main(["train", "debug=smoke", f"hydra.run.dir={run_dir}"]) == 0
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    hydra_files = run_dir / ".hydra"
+    assert OmegaConf.load(hydra_files / "config.yaml").trainer.max_steps == 2
+    assert OmegaConf.load(hydra_files / "overrides.yaml") == ["debug=smoke"]  # as Hydra writes it
+    assert OmegaConf.load(hydra_files / "hydra.yaml").hydra.output_subdir == ".hydra"

@@ -11,6 +11,10 @@ failure policy, written once:
 * in a multirun, any failure of a job is logged with its traceback, recorded in the
   job's ``status.json`` (when the command records one), and the sweep goes on (failures
   are reported at its end by :class:`~eqdeq_cli.sweeps.callback.SweepFailureReport`).
+
+A command that records a status (train, eval) first holds its run directory
+(:func:`~eqdeq_cli.runs.directory.hold_run_dir`; refused: one line, exit 1, nothing
+written), then writes ``.hydra/`` there (:func:`save_hydra_files`).
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ from .. import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
+#: Where a job's composed config, Hydra config and overrides go (Hydra's default name).
+HYDRA_SUBDIR = ".hydra"
+
 
 @dataclass
 class Job:
@@ -42,6 +49,8 @@ class Job:
     started: float = field(default_factory=time.time)
     #: Called after the job has released its processes, e.g. to exit with a stop code.
     finish: Callable[[], None] | None = None
+    #: The run directory's lock file while this job holds it (rank 0 of commands with a status).
+    lock: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -74,6 +83,7 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True
             from hydra.types import RunMode
 
             from ..errors import user_error_message
+            from ..runs.directory import RunDirectoryInUse, hold_run_dir
 
             hc = HydraConfig.get()
             job = Job(run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task),
@@ -85,12 +95,16 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True
                     from ..runs.processes import start_processes
 
                     job.dist, job.run_dir = start_processes(cfg, job.run_dir)
+                if record_status and job.is_main:
+                    job.lock = hold_run_dir(job.run_dir)  # refused: another run's files stay untouched
+                    save_hydra_files(cfg, job.run_dir)
                 job.record("running")
                 value = body(cfg, job)
                 clean = True
             except Exception as exc:
                 message = user_error_message(exc)
-                job.record("failed", error=message or f"{type(exc).__name__}: {exc}", elapsed_s=job.elapsed())
+                if not isinstance(exc, RunDirectoryInUse):
+                    job.record("failed", error=message or f"{type(exc).__name__}: {exc}", elapsed_s=job.elapsed())
                 if job.multirun:
                     log.error("job %s failed: %s", job.run_dir, message or repr(exc), exc_info=True)
                     return None
@@ -104,6 +118,8 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True
                     from ..engine.distributed import shutdown_distributed
 
                     shutdown_distributed(job.dist, wait=clean)
+                if job.lock is not None:
+                    job.lock.close()
             if job.finish is not None:
                 job.finish()
             return value
@@ -111,6 +127,28 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True
         return task
 
     return wrap
+
+
+def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
+    """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` as Hydra would.
+
+    ``hydra.output_subdir`` is null in ``configs/hydra/default.yaml`` for the commands that
+    lock their run directory: Hydra writes these files before any of our code runs, so it
+    would overwrite a running run's; they are written here once the directory is held.
+    """
+    import copy
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+    with read_write(hydra_cfg.hydra), open_dict(hydra_cfg.hydra):
+        hydra_cfg.hydra.output_subdir = HYDRA_SUBDIR
+    out = run_dir / HYDRA_SUBDIR
+    out.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
+                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        (out / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
 
 def run_app(config_name: str, task: Callable[[DictConfig], Any], argv: Sequence[str], prog: str) -> int:

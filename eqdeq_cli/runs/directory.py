@@ -1,18 +1,26 @@
-"""A run directory belongs to one run: unique names even when runs start together.
+"""A run directory belongs to one run: unique names, and a lock held while the run writes.
 
 :func:`run_stamp` is the ``${eqdeq_run_stamp:}`` resolver of ``hydra.run.dir`` and
 ``hydra.sweep.dir``: ``<date>_<time>.<microseconds>-p<pid>``, so two runs started in the
 same second (or two sweeps) get different directories, which still sort by start time.
 Under ``torchrun`` / ``srun`` every rank must name the same directory, so the suffix is
-the launch's id instead of the process's. Standard library only: ``eqdeq
+the launch's id instead of the process's.
+
+:func:`hold_run_dir` takes ``<run dir>/.lock`` (``fcntl.flock``) for as long as the run
+writes there; the operating system releases it when the process ends, however it ends,
+so a crashed run never leaves its directory locked. Standard library only: ``eqdeq
 train --help`` resolves no directory but imports this module.
 """
 from __future__ import annotations
 
 import datetime
 import os
-from typing import Mapping
+from pathlib import Path
+from typing import IO, Mapping
 
+from ..errors import UserError
+
+LOCK_FILE = ".lock"
 RESOLVER = "eqdeq_run_stamp"
 
 
@@ -47,3 +55,33 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver(RESOLVER, lambda: run_stamp(), use_cache=True, replace=True)
+
+
+class RunDirectoryInUse(UserError):
+    """Another process holds the run directory's lock."""
+
+
+def hold_run_dir(run_dir: str | os.PathLike) -> IO[str]:
+    """Lock ``run_dir`` for this process; returns the lock file (closing it releases the lock).
+
+    Raises :class:`RunDirectoryInUse` naming the directory and the process holding it.
+    Nothing in the directory is changed when it is refused.
+    """
+    import fcntl
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunDirectoryInUse(f"{run_dir} is in use by another run (PID {holder}): wait for it to end, "
+                                "or choose another hydra.run.dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
