@@ -11,7 +11,7 @@ import torch
 from conftest import TINY
 from eqdeq_cli.runs import train as run
 from eqdeq_cli.engine.checkpoint import load_checkpoint
-from eqdeq_cli.errors import TrainingDivergedError
+from eqdeq_cli.errors import TrainingDivergedError, UserError
 
 PHYSICS = ("ct", "mri", "inpainting")
 GROUPS = ("shifts", "rotations", "reflections")
@@ -81,9 +81,19 @@ def test_resume_after_interruption_gives_identical_weights(compose_cfg, tmp_path
     assert ma["psnr"] == mb["psnr"]
 
 
-def test_resume_never_starts_again(compose_cfg, tmp_path):
+def test_resume_never_refuses_a_directory_holding_a_run(compose_cfg, tmp_path):
     run.train(compose_cfg([*TINY, "trainer.max_steps=2"]), run_dir=tmp_path)
-    summary = run.train(compose_cfg([*TINY, "trainer.max_steps=1", "resume=never"]), run_dir=tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in ("checkpoints/last.pt", "metrics.json", "metrics.csv")}
+    with pytest.raises(UserError, match=r"resume=never.*metrics.json.*another hydra.run.dir.*resume=auto"):
+        run.train(compose_cfg([*TINY, "trainer.max_steps=1", "resume=never"]), run_dir=tmp_path)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    (tmp_path / "metrics.json").unlink()  # a started run, stopped before its end, is refused too
+    with pytest.raises(UserError, match=r"checkpoints/last.pt"):
+        run.train(compose_cfg([*TINY, "trainer.max_steps=1", "resume=never"]), run_dir=tmp_path)
+
+
+def test_resume_never_starts_a_new_run_in_a_fresh_directory(compose_cfg, tmp_path):
+    summary = run.train(compose_cfg([*TINY, "trainer.max_steps=1", "resume=never"]), run_dir=tmp_path / "new")
     assert summary["steps"] == 1
 
 

@@ -22,6 +22,7 @@ from ..engine.logs import format_metrics
 from ..engine.rng import seed_everything
 from ..engine.settings import eval_settings, resolve_device, trainer_settings
 from ..engine.trainer import StepCallback, Trainer
+from ..errors import UserError
 from ..trust import TrustedTargets, check_saved_config, resolved_saved_config
 from ..utils.files import write_json
 from .restore import measurement_sets
@@ -33,6 +34,10 @@ RESUME_CHOICES = ("auto", "never")
 
 def _resume_source(resume: str, run_dir: Path) -> Path | None:
     if resume == "never":
+        held = [name for name in ("checkpoints/last.pt", "metrics.json") if (run_dir / name).is_file()]
+        if held:
+            raise UserError(f"resume=never, but {run_dir} already holds a run ({', '.join(held)}): choose another "
+                            "hydra.run.dir for a new run, or resume=auto to continue this one")
         return None
     if resume == "auto":
         last = run_dir / "checkpoints" / "last.pt"
