@@ -183,3 +183,26 @@ def test_sigusr1_to_a_training_process_then_restart(tmp_path, cache_dir):
     assert a["step"] == b["step"] == 30
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_ctrl_c_stops_at_the_step_boundary_with_a_checkpoint_and_a_second_one_aborts(
+        tmp_path, monkeypatch, cache_dir, restore_handlers, capfd):
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as m:
+        SignalAt(m, step=1, signum=signal.SIGINT)
+        assert cli.main(["train", *RUN, "trainer.checkpoint_every=100", f"hydra.run.dir={run_dir}"]) == STOP_EXIT_CODE
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "stopped" and status["signal"] == "SIGINT"
+    assert _weights(run_dir)["step"] == 1  # written on the stop, not at checkpoint_every
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "run the same command again to resume" in line and "SIGINT" in line]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert cli.main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 0
+    assert _weights(run_dir)["step"] == 3
+
+    with StopOnSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.event.is_set() and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)

@@ -1,6 +1,6 @@
 """``eqdeq train [overrides]``: train a DEQ reconstructor (a Hydra app on ``configs/train.yaml``).
 
-Preemption: while training, SIGUSR1 / SIGUSR2 / SIGTERM stop the run at the next step
+Preemption and Ctrl-C: while training, SIGINT / SIGUSR1 / SIGUSR2 / SIGTERM stop the run at the next step
 boundary (:mod:`eqdeq_cli.engine.signals`): ``checkpoints/last.pt`` is written,
 ``status.json`` says ``"stopped"``, no ``metrics.json`` is written, the handler installed
 before (submitit's requeue) is called, and the process exits with

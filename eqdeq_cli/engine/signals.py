@@ -1,4 +1,4 @@
-"""Preemption: stop training cleanly on SIGUSR1, SIGUSR2 or SIGTERM.
+"""Preemption and Ctrl-C: stop training cleanly on SIGINT, SIGUSR1, SIGUSR2 or SIGTERM.
 
 SLURM sends SIGUSR1 before the time limit (``--signal=B:USR1@120`` in the batch
 scripts, forwarded to the training as SIGTERM), submitit's launcher SIGUSR2
@@ -8,6 +8,9 @@ the run ends with ``status.json`` ``"stopped"``, no ``metrics.json``, and exit c
 :data:`STOP_EXIT_CODE`. Then, and only then, the handler that was installed before
 (submitit's, which requeues the job) is called with the signal, so submitit requeues a
 job whose checkpoint is already on disk.
+
+Ctrl-C (SIGINT) stops the same way; a second Ctrl-C raises ``KeyboardInterrupt`` at once,
+for a user who will not wait for the step to finish (the last checkpoint written stays).
 
 Handlers can only be installed from the main thread; elsewhere :class:`StopOnSignals`
 does nothing but provide the event. Leaving the ``with`` block restores the previous
@@ -28,8 +31,8 @@ log = logging.getLogger(__name__)
 #: and 128 + N (killed by signal N), so a wrapper script can tell that a requeue resumes it.
 STOP_EXIT_CODE = 75
 
-#: The signals that stop training (SIGUSR2 is submitit's default preemption signal).
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+#: The signals that stop training (SIGUSR2 is submitit's default preemption signal, SIGINT Ctrl-C).
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 
 
 class StopOnSignals:
@@ -55,6 +58,8 @@ class StopOnSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Only flags: logging or I/O from a signal handler can deadlock on their locks.
+        if signum == signal.SIGINT and self.event.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: abort now
         if self.received is None:
             self.received = signum
         self.event.set()
