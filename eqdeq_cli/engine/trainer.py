@@ -291,7 +291,7 @@ class Trainer:
             log.warning("step %d: the fixed-point map is not a contraction at its solution on this batch "
                         "(‖∂T/∂z‖₂ ≈ %.4f, at least %g): the forward solve may stall and implicit gradients fall "
                         "back to JFB. A contractive denoiser (model=dncnn_averaged) helps; see docs/stability.md",
-                        self.step, value, CONTRACTION_WARNING)
+                        self.step + 1, value, CONTRACTION_WARNING)
         return value
 
     # -- evaluation ----------------------------------------------------------------------
