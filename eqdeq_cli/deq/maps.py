@@ -109,8 +109,8 @@ class ProxGradMap(_StepMap):
         if step_max is None:
             step_max = 2.0 / self.operator_norm() ** 2
         check_real("step_max", step_max, low=0.0)
-        if float(self.log_step.exp()) > step_max * (1 + 1e-6):
-            raise ValueError(f"step_init={float(self.log_step.exp()):.6g} exceeds step_max={step_max:.6g}")
+        if float(self.log_step.detach().exp()) > step_max * (1 + 1e-6):
+            raise ValueError(f"step_init={float(self.log_step.detach().exp()):.6g} exceeds step_max={step_max:.6g}")
         self.step_max = float(step_max)
 
     @property
