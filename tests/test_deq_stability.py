@@ -169,3 +169,25 @@ def test_a_step_above_its_cap_is_refused():
     physics = DenseMatrixPhysics(torch.eye(4, dtype=DT), img_shape=(1, 2, 2))
     with pytest.raises(ValueError, match="step_init=3 exceeds step_max=2"):
         ProxGradMap(nn.Identity(), physics, step_init=3.0)
+
+
+def test_training_psnr_of_complex_images_follows_the_evaluation_protocol(compose_cfg, tmp_path, monkeypatch):
+    """The displayed training PSNR compares images as evaluation does: magnitudes for complex
+    (2-channel) MRI images, with the same cap."""
+    from conftest import TINY
+    from eqdeq_cli.engine import trainer as trainer_module
+    from eqdeq_cli.runs import train as run
+
+    calls = []
+    real = trainer_module.compared_images
+
+    def spy(x_hat, x, data_range, *, complex_images=False):
+        calls.append(complex_images)
+        return real(x_hat, x, data_range, complex_images=complex_images)
+
+    monkeypatch.setattr(trainer_module, "compared_images", spy)
+    for channels, expected in ((2, True), (1, False)):
+        calls.clear()
+        overrides = [*TINY, "physics=mri", f"data.channels={channels}", "loss=supervised", "trainer.max_steps=1"]
+        run.train(compose_cfg(overrides), run_dir=tmp_path / str(channels))
+        assert calls == [expected]

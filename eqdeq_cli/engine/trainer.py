@@ -36,7 +36,7 @@ from .distributed import Distributed, GlobalBatchDraws, rank_slice
 from .evaluate import EvalResult, evaluate_and_record
 from .logs import MetricsCSV, TensorBoard, format_metrics, progress_bar
 from ..analysis.contraction import spectral_norm_per_sample
-from .metrics import psnr
+from .metrics import PSNR_CAP_DB, compared_images, psnr
 from .rng import capture_rng_state, data_order, restore_rng_state
 from .settings import EvalSettings, TrainerSettings
 
@@ -226,8 +226,9 @@ class Trainer:
             if lip is not None:
                 out["lipschitz"] = lip
         if x is not None and f.first is not None:
-            out["psnr"] = float(psnr(f.first.float().clamp(0, self.eval_settings.data_range), x,
-                                     self.eval_settings.data_range).mean())
+            r = self.eval_settings.data_range
+            a, b = compared_images(f.first.float(), x, r, complex_images=self.physics.complex_images)
+            out["psnr"] = float(psnr(a, b, r, max_db=PSNR_CAP_DB).mean())
         out["lr"] = float(self.optimizer.param_groups[0]["lr"])
         step_size = getattr(self.deq.fmap, "step", None)
         if isinstance(step_size, torch.Tensor):
