@@ -191,3 +191,15 @@ def test_training_psnr_of_complex_images_follows_the_evaluation_protocol(compose
         overrides = [*TINY, "physics=mri", f"data.channels={channels}", "loss=supervised", "trainer.max_steps=1"]
         run.train(compose_cfg(overrides), run_dir=tmp_path / str(channels))
         assert calls == [expected]
+
+
+def test_a_side_solve_leaves_warm_start_and_stats_alone():
+    """The trainer's contraction measurement solves beside training: it must not change the
+    solution the next training call starts from, nor the stats that step reports."""
+    deq = DEQ(LinearMap(0.5), grad="jfb", forward_solver=BWD, warm_start=True).train()
+    y = torch.randn(2, 1, 4, 4, dtype=DT, generator=torch.Generator().manual_seed(4))
+    deq(y)
+    previous, recorded = deq._previous.clone(), deq.last_stats
+    deq.pop_stats()
+    deq.solve(2 * y, deq.fmap.prepare(2 * y), record=False)
+    assert torch.equal(deq._previous, previous) and deq.last_stats is recorded and deq.pop_stats() == []

@@ -124,17 +124,20 @@ class DEQ(nn.Module):
         if fw.nonfinite:
             log.warning("DEQ forward solve met a non-finite residual after %d iterations", fw.iterations)
 
-    def solve(self, y: torch.Tensor, ctx: MapContext) -> tuple[torch.Tensor, DEQStats]:
-        """The fixed point ``z*`` of ``z ↦ T(z; y)`` without autograd, and the call's stats
-        (recorded). Training mode uses ``forward_solver``, eval mode ``eval_solver``."""
+    def solve(self, y: torch.Tensor, ctx: MapContext, *, record: bool = True) -> tuple[torch.Tensor, DEQStats]:
+        """The fixed point ``z*`` of ``z ↦ T(z; y)`` without autograd, and the call's stats.
+        Training mode uses ``forward_solver``, eval mode ``eval_solver``. ``record``: keep the
+        stats (:meth:`record`) and the solution for ``warm_start``, as a call of the layer does;
+        ``False`` leaves the layer's state as it was (a measurement beside training)."""
         solver = self.forward_solver if self.training else self.eval_solver
         with torch.no_grad():
             z0 = self._start(y).detach()
             z_star, fstats = solver(lambda z: self.fmap(z, ctx), z0)
         stats = DEQStats(forward=fstats, mode=self.grad)
-        self.record(stats)
-        if self.warm_start:
-            self._previous = z_star.detach()
+        if record:
+            self.record(stats)
+            if self.warm_start:
+                self._previous = z_star.detach()
         return z_star, stats
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:

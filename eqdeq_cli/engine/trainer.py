@@ -283,7 +283,7 @@ class Trainer:
         generator = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self.step)
         with torch.no_grad():
             ctx = deq.fmap.prepare(y)
-            z_star, _ = deq.solve(y, ctx)
+            z_star, _ = deq.solve(y, ctx, record=False)
         lip = spectral_norm_per_sample(lambda z: deq.fmap(z, ctx), z_star, n_iter=self.settings.contraction_iters,
                                        generator=generator)
         value = float(lip.max())
