@@ -245,7 +245,6 @@ class Trainer:
         bw = [b for c in calls for b in c.backward]
         out = {
             "iters": sum(s.iterations for s in fw) / len(fw),
-            "fwd_nonconverged_frac": sum(int((~s.converged).sum()) for s in fw) / sum(s.converged.numel() for s in fw),
             "residual": max(float(s.residual.max()) for s in fw),
             "nonconverged": float(sum(int((~s.converged).sum()) for s in fw)),
             "nonfinite": float(sum(int(s.nonfinite) for s in fw + bw)),
