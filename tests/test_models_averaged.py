@@ -55,9 +55,9 @@ def test_alpha_stays_in_the_open_interval_under_training():
     assert 0.0 < float(d.alpha.detach()) <= 1.0 and d.lipschitz_bound() <= 1.0
 
 
-@pytest.mark.parametrize("kwargs,match", [({"alpha": 1.0}, "alpha must be a number in \\(0, 1\\), got 1.0"),
+@pytest.mark.parametrize("kwargs,match", [({"alpha": 1.0}, "alpha must be a real number in \\(0, 1\\), got 1.0"),
                                           ({"alpha": 0}, "alpha must be"),
-                                          ({"lipschitz": 1.5}, "lipschitz must be a number in \\(0, 1\\], got 1.5"),
+                                          ({"lipschitz": 1.5}, "lipschitz must be a real number in \\(0, 1\\], got 1.5"),
                                           ({"lipschitz": 0.0}, "lipschitz must be")])
 def test_bad_settings_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -27,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from ..utils.checks import check_real
 from .dncnn import DnCNN
 
 
@@ -53,10 +54,8 @@ class AveragedDenoiser(nn.Module):
     def __init__(self, network: nn.Module, *, alpha: float = 0.5, learn_alpha: bool = True,
                  lipschitz: float = 1.0) -> None:
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
-        if isinstance(lipschitz, bool) or not isinstance(lipschitz, (int, float)) or not 0.0 < lipschitz <= 1.0:
-            raise ValueError(f"lipschitz must be a number in (0, 1], got {lipschitz!r}")
+        check_real("alpha", alpha, low=0, high=1, high_inclusive=False)
+        check_real("lipschitz", lipschitz, low=0, high=1)
         self.network = network
         self.lipschitz = float(lipschitz)
         logit = torch.tensor(math.log(alpha / (1.0 - alpha)))
