@@ -47,6 +47,7 @@ def symmetric_extremes(op: Fn, v0: torch.Tensor, n_iter: int) -> tuple[torch.Ten
     alphas, betas = [], []
     alive = torch.ones(b, dtype=torch.bool, device=v0.device)
     size = torch.zeros(b, dtype=torch.long)
+    scale = torch.full((b,), 1e-30, dtype=torch.float64, device=v0.device)  # largest |α| so far
     for _ in range(n_iter):
         basis.append(q)
         size += alive.cpu().long()
@@ -58,7 +59,7 @@ def symmetric_extremes(op: Fn, v0: torch.Tensor, n_iter: int) -> tuple[torch.Ten
         q, beta = bnormalize(w)
         alphas.append(a.double())
         betas.append(beta.double())
-        scale = torch.stack([x.abs() for x in alphas]).max(dim=0).values.clamp_min(1e-30)
+        scale = torch.maximum(scale, a.double().abs())
         alive = alive & (beta.double() > 1e-10 * scale)
         if not bool(alive.any()):
             break
