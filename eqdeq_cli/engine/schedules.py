@@ -16,6 +16,8 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..utils.checks import check_int, check_real
+
 
 class _Constant:
     """Picklable multiplier: linear warm-up over ``warmup_steps``, then 1."""
@@ -45,21 +47,20 @@ class _WarmupCosine:
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _check_warmup(warmup_steps: int) -> None:
-    if warmup_steps < 0:
-        raise ValueError(f"scheduler warmup_steps must be >= 0, got {warmup_steps}")
-
-
 def constant(optimizer: torch.optim.Optimizer, *, max_steps: int, warmup_steps: int = 0) -> LambdaLR:
-    """Constant learning rate after ``warmup_steps`` of linear warm-up (``max_steps`` unused)."""
-    _check_warmup(warmup_steps)
+    """Constant learning rate after ``warmup_steps`` of linear warm-up (``max_steps`` unused).
+
+    Raises ``ValueError`` naming ``warmup_steps`` unless it is an integer >= 0."""
+    check_int("warmup_steps", warmup_steps, 0)
     return LambdaLR(optimizer, _Constant(warmup_steps))
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, max_steps: int, warmup_steps: int = 0,
                   min_lr_ratio: float = 0.1) -> LambdaLR:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` × base at ``max_steps``."""
-    _check_warmup(warmup_steps)
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"scheduler min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` × base at ``max_steps``.
+
+    Raises ``ValueError`` naming the option unless ``warmup_steps`` is an integer >= 0 and
+    ``min_lr_ratio`` a real number in [0, 1]."""
+    check_int("warmup_steps", warmup_steps, 0)
+    check_real("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0, low_inclusive=True)
     return LambdaLR(optimizer, _WarmupCosine(warmup_steps, max_steps, min_lr_ratio))

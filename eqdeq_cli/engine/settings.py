@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .optim_config import check_optimizer_and_scheduler
+
 
 @dataclass
 class EvalSettings:
@@ -98,6 +100,7 @@ class TrainerSettings:
             raise ValueError(f"trainer.monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
         if self.optimizer is None or self.scheduler is None:
             raise ValueError("trainer.optimizer and trainer.scheduler must be set (see configs/trainer/)")
+        check_optimizer_and_scheduler(self.optimizer, self.scheduler, max_steps=self.max_steps)
         resolve_device(self.device)
 
 

@@ -17,13 +17,19 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def is_finite_real(value: object) -> bool:
+    """Whether ``value`` is a finite real number: an ``int`` or ``float`` (or other
+    :class:`numbers.Real`), not a ``bool``, not NaN or infinite."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
 def check_real(name: str, value: object, *, low: float, high: float = math.inf,
                low_inclusive: bool = False, high_inclusive: bool = True) -> float:
     """Return ``float(value)`` if it is a finite real number (not a ``bool``) in the interval;
     else raise ``ValueError("<name> must be a real number in (low, high], got <value>")``, or,
     with no upper bound, ``ValueError("<name> must be a finite real number > low, got <value>")``
     (infinity is never accepted, so the message does not offer it)."""
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    ok = is_finite_real(value)
     if ok:
         v = float(value)  # type: ignore[arg-type]
         ok = (v >= low if low_inclusive else v > low) and (v <= high if high_inclusive else v < high)
