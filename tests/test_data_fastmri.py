@@ -137,6 +137,10 @@ def test_bad_inputs_give_clear_errors(root, tmp_path):
         f.create_dataset("reconstruction_esc", data=esc)
     with pytest.raises(ValueError, match="holds 1 non-finite values .* first in sample 1"):
         FastMRIData(root=bad, train_path=".", img_size=8).split("train")
+    (bad / "a.h5").write_bytes(b"not a volume")
+    with pytest.raises(ValueError) as info:
+        FastMRIData(root=bad, train_path=".", img_size=8).split("train")
+    assert str(info.value) == f"fastMRI volume '{bad / 'a.h5'}' is not an HDF5 file (no HDF5 signature)"
 
 
 def test_config_instantiates(root):

@@ -118,6 +118,12 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     p = _write(tmp_path / "rect.h5", {"x": rng.random((2, 8, 6))})
     with pytest.raises(ValueError, match=r"holds 8x6 images; only square images"):
         HDF5Data(path=p)
+    p = _write(tmp_path / "last.h5", {"x": rng.random((2, 8, 8, 3))})
+    with pytest.raises(ValueError) as info:
+        HDF5Data(path=p, channels=3)
+    assert str(info.value) == (f"dataset 'x' in {p} has shape (2, 8, 8, 3), which looks channels-last (N, H, W, C) "
+                               "with 8x8 images of 3 channel(s); images must be channels-first (N, C, H, W): "
+                               "write np.moveaxis(x, -1, 1) to the file")
     p = _write(tmp_path / "chan.h5", {"x": rng.random((2, 3, 8, 8))})
     with pytest.raises(ValueError, match=r"images with 3 channel\(s\) but channels=1; set channels: 3"):
         HDF5Data(path=p)
@@ -156,6 +162,23 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         HDF5Data(path=mixed, img_size=8)
 
 
+def test_files_that_are_not_readable_hdf5_are_named(tmp_path):
+    npy = tmp_path / "images.npy"
+    np.save(npy, np.zeros((4, 8, 8), np.float32))
+    with pytest.raises(ValueError) as info:
+        HDF5Data(path=npy)
+    assert str(info.value) == f"HDF5 data file '{npy}' is not an HDF5 file (no HDF5 signature)"
+    empty = tmp_path / "val.h5"
+    empty.touch()
+    with pytest.raises(ValueError, match=r"HDF5 data file '.*val\.h5' is not an HDF5 file"):
+        HDF5Data(train_path=_write(tmp_path / "train.h5", {"x": np.zeros((2, 8, 8))}), val_path=empty)
+    whole = _write(tmp_path / "whole.h5", {"x": _rng().random((64, 32, 32))}).read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(whole[: len(whole) // 2])  # a copy that stopped half-way
+    with pytest.raises(ValueError, match=r"HDF5 data file '.*cut\.h5' is a damaged HDF5 file \(.*truncated"):
+        HDF5Data(path=cut)
+
+
 def test_config_instantiates(tmp_path):
     path = _write(tmp_path / "c.h5", {f"{s}/x": np.ones((2, 1, 8, 8), np.float32) for s in ("train", "val", "test")})
     cfg = OmegaConf.load(CONFIG)
@@ -163,3 +186,32 @@ def test_config_instantiates(tmp_path):
     cfg.path, cfg.img_size = str(path), 8
     data = instantiate(cfg)
     assert isinstance(data, HDF5Data) and data.split("test")[0]["x"].shape == (1, 8, 8)
+
+
+def _train_on(path: Path, tmp_path: Path, capfd) -> tuple[int, list[str]]:
+    """``eqdeq train`` on an HDF5 file (tiny budgets); returns the exit status and the stderr
+    lines other than progress (INFO) lines."""
+    from conftest import TINY
+    from eqdeq_cli import cli
+
+    overrides = [o for o in TINY if not o.startswith("data")]
+    code = cli.main(["train", *overrides, "data=hdf5", f"data.path={path}", "data.img_size=8",
+                     f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    return code, [line for line in err.strip().splitlines() if "[INFO]" not in line]
+
+
+@pytest.mark.parametrize("case", ["not_hdf5", "channels_last"])
+def test_train_reports_a_bad_data_file_in_one_line(tmp_path, capfd, cache_dir, case):
+    if case == "not_hdf5":
+        path = tmp_path / "data.npy"
+        np.save(path, np.zeros((8, 8, 8), np.float32))
+        message = f"HDF5 data file '{path}' is not an HDF5 file (no HDF5 signature)"
+    else:
+        path = _write(tmp_path / "rgb.h5", {"x": _rng().random((8, 8, 8, 3)).astype(np.float32)})
+        message = (f"dataset 'x' in {path} has shape (8, 8, 8, 3), which looks channels-last (N, H, W, C) with "
+                   "8x8 images of 3 channel(s); images must be channels-first (N, C, H, W): "
+                   "write np.moveaxis(x, -1, 1) to the file")
+    code, lines = _train_on(path, tmp_path, capfd)
+    assert code == 1 and len(lines) == 1 and lines[0].endswith(f"[ERROR] {message}"), lines

@@ -115,6 +115,10 @@ def test_mask_file_errors(tmp_path):
         f["a"], f["b"] = np.ones(8), np.ones(8)
     with pytest.raises(KeyError, match="no dataset 'mask'"):
         MRICartesian(img_size=8, mask=str(tmp_path / "two.h5"))
+    (tmp_path / "mask.h5").write_text("1 0 1 0 1 0 1 0\n")
+    with pytest.raises(ValueError) as info:
+        MRICartesian(img_size=8, mask=str(tmp_path / "mask.h5"))
+    assert str(info.value) == f"mask file '{tmp_path / 'mask.h5'}' is not an HDF5 file (no HDF5 signature)"
 
 
 @pytest.mark.parametrize("kwargs, error", [(dict(channels=3), "channels 1"), (dict(acceleration=0.5), "acceleration"),

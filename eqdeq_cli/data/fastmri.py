@@ -37,6 +37,7 @@ import torch
 
 from .base import DataSource, TensorDictDataset, check_split_name
 from ..utils.checks import check_real
+from ..utils.files import open_hdf5
 from .preprocess import area_resize, center_crop, check_finite, check_value_range, complex_to_channels
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class FastMRIData(DataSource):
         return files
 
     def _read_volume(self, path: Path, budget: int | None) -> torch.Tensor:
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path, "fastMRI volume") as f:
             if self.target not in f:
                 raise KeyError(f"fastMRI volume {str(path)!r} has no dataset {self.target!r}; datasets present: "
                                f"{sorted(f.keys())} (valid targets: {', '.join(TARGETS)})")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..utils.checks import check_real
+from ..utils.files import open_hdf5
 from .base import SPLITS, DataSource, TensorDictDataset, check_split_name
 from .preprocess import check_finite, check_normalize, check_value_range, complex_to_channels
 from .preprocess import normalize as normalize_images
@@ -119,21 +120,14 @@ class HDF5Data(DataSource):
                     self._missing[split] = f"no file given for split {split!r}; set {split}_path"
                     continue
                 p = Path(p).expanduser()
-                self._require_file(p)
-                with h5py.File(p, "r") as f:
+                with open_hdf5(p, "HDF5 data file") as f:
                     self._data[split] = self._read(f, f"{p}")
                 self._origin[split] = str(p)
         self._finish()
 
     # -- reading ---------------------------------------------------------------
-    @staticmethod
-    def _require_file(p: Path) -> None:
-        if not p.is_file():
-            raise FileNotFoundError(f"HDF5 data file {str(p)!r} does not exist")
-
     def _load_single_file(self, p: Path, val_fraction: float | None, test_fraction: float | None) -> None:
-        self._require_file(p)
-        with h5py.File(p, "r") as f:
+        with open_hdf5(p, "HDF5 data file") as f:
             groups = [s for s in SPLITS if isinstance(f.get(s), h5py.Group)]
             if groups:
                 if val_fraction is not None or test_fraction is not None:
@@ -189,6 +183,10 @@ class HDF5Data(DataSource):
             raise ValueError(f"{label} has shape {tuple(t.shape)} (rank {t.ndim}); images must be "
                              "(N, H, W) or (N, C, H, W)")
         _, c, h, w = t.shape
+        if c == h != w:
+            raise ValueError(f"{label} has shape {tuple(t.shape)}, which looks channels-last (N, H, W, C) with "
+                             f"{h}x{h} images of {w} channel(s); images must be channels-first (N, C, H, W): "
+                             "write np.moveaxis(x, -1, 1) to the file")
         if h != w:
             raise ValueError(f"{label} holds {h}x{w} images; only square images (H == W) are supported")
         if self._expected_size is not None and h != self._expected_size:

@@ -85,7 +85,9 @@ def load_mask(path: str | Path, height: int, width: int) -> np.ndarray:
     else:
         import h5py
 
-        with h5py.File(path, "r") as f:
+        from ..utils.files import open_hdf5
+
+        with open_hdf5(path, "mask file") as f:
             keys = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
             if "mask" in f:
                 key = "mask"

@@ -6,6 +6,9 @@ is written to a temporary file in the target's folder, flushed to disk (``fsync`
 renamed over the target; on any error the temporary file is removed and the previous
 file stays intact. The new file gets the permissions an ordinary ``open(path, "w")``
 would give it (``0o666`` minus the umask), not ``mkstemp``'s private ``0o600``.
+
+Reading: :func:`open_hdf5` opens an HDF5 file a user gave (data, masks), so that a file
+in another format or a damaged one is reported in one line naming it by every reader.
 """
 from __future__ import annotations
 
@@ -69,3 +72,36 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
         json.dump(data, fh, indent=2, default=str)
         fh.write("\n")
     return Path(path)
+
+
+@contextlib.contextmanager
+def open_hdf5(path: str | os.PathLike, what: str) -> Iterator[Any]:
+    """Open the HDF5 file ``path`` that a user gave, for reading: ``with open_hdf5(p, "HDF5
+    data file") as f: ...`` yields the ``h5py.File``.
+
+    Every failure is one message naming the file and ``what`` it is meant to be:
+    ``FileNotFoundError`` when it does not exist, ``ValueError``
+    when it is not an HDF5 file (another format, an empty file), cannot be read (permission)
+    or is damaged (truncated: reading it fails while it is open, too).
+    """
+    import h5py
+
+    name = str(Path(path))
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {name!r} does not exist")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{what} {name!r} cannot be read ({exc.strerror or exc})") from None
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{what} {name!r} is not an HDF5 file (no HDF5 signature)")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{what} {name!r} is a damaged HDF5 file ({exc})") from None
+    with handle:
+        try:
+            yield handle
+        except OSError as exc:  # h5py reports a damaged dataset as an OSError when it is read
+            raise ValueError(f"{what} {name!r} is a damaged HDF5 file ({exc})") from None
