@@ -27,6 +27,7 @@ from ..engine.settings import resolve_device
 from ..errors import user_error_message
 from ..sweeps.jobs import find_job_dirs
 from ..utils.files import write_json
+from .operator_record import operator_record
 from .restore import measurement_sets, restore_run
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
     """Analyse checkpoint ``ckpt`` with the run's saved config plus ``overrides``.
 
     Writes ``analysis.json`` and ``analysis.png`` into ``out_dir`` and returns the report
-    (plus ``checkpoint``, ``step`` and ``split``). A progress bar over the analysis stages
-    follows the run's ``trainer.progress`` setting.
+    (plus ``checkpoint``, ``step``, ``split`` and the operator used, as ``eqdeq eval``
+    records it: :func:`~eqdeq_cli.runs.operator_record.operator_record`). A progress bar
+    over the analysis stages follows the run's ``trainer.progress`` setting.
     """
     options = OmegaConf.to_container(cfg.analysis, resolve=True) if "analysis" in cfg else {}
     options.pop("out", None)
@@ -48,6 +50,9 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
         raise KeyError(f"unknown analysis option: {exc}; valid: {', '.join(AnalysisSettings.__dataclass_fields__)}, out") from None
     split = str(cfg.split)
     run_cfg, comps, payload = restore_run(ckpt, cfg, overrides, split)
+    operator, warning = operator_record(payload["config"], run_cfg, record="analysis.json")
+    if warning:
+        log.warning("%s", warning)
     device = resolve_device(str(run_cfg.trainer.device))
     data = measurement_sets(run_cfg, comps, (split,))[split]
     n = min(settings.n_images, len(data))
@@ -66,7 +71,7 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
     finally:
         bar.close()
     report = {"checkpoint": str(resolve_checkpoint_path(ckpt).resolve()), "step": int(payload["step"]),
-              "split": split, **report}
+              "split": split, **report, **operator}  # the operator's description replaces its class name
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "analysis.json", report)

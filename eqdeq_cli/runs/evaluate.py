@@ -14,6 +14,7 @@ from ..engine.logs import format_metrics
 from ..engine.settings import eval_settings, resolve_device
 from ..errors import UserError
 from ..utils.files import write_json
+from .operator_record import operator_record
 from .restore import measurement_sets, restore_run
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,12 @@ def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequ
     """Evaluate ``cfg.ckpt`` on ``cfg.split`` with the run's saved config (plus ``overrides``).
 
     Writes ``metrics.json``, ``metrics.csv``, the PNG grid and HDF5 reconstructions
-    into ``run_dir`` and returns the metrics. With several processes (``dist``) the split
-    is sharded over ranks and rank 0 writes the files. A progress bar follows the run's
-    ``trainer.progress`` setting.
+    into ``run_dir`` and returns the metrics. ``metrics.json`` also records the operator
+    used (``physics``, ``physics_as_trained``: see
+    :func:`~eqdeq_cli.runs.operator_record.operator_record`); an operator other than the
+    one trained with is allowed, with a warning. With several processes (``dist``) the
+    split is sharded over ranks and rank 0 writes the files. A progress bar follows the
+    run's ``trainer.progress`` setting.
     """
     dist = dist or Distributed()
     run_dir = Path(run_dir)
@@ -35,6 +39,9 @@ def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequ
         raise UserError("eqdeq eval needs a checkpoint: eqdeq eval ckpt=PATH (a .pt file or a run directory)")
     split = str(cfg.split)
     run_cfg, comps, payload = restore_run(cfg.ckpt, cfg, overrides, split)
+    operator, warning = operator_record(payload["config"], run_cfg)
+    if warning and dist.is_main:
+        log.warning("%s", warning)
     es = eval_settings(run_cfg.evaluation)
     device = dist.place(resolve_device(str(run_cfg.trainer.device)))
     data = measurement_sets(run_cfg, comps, (split,))[split]
@@ -44,7 +51,7 @@ def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequ
     result = evaluate_and_record(comps.deq, data, es, device=device, run_dir=run_dir, split=split, step=step,
                                  dist=dist, progress=progress)
     summary = {**result.metrics, "split": split, "step": step,
-               "checkpoint": str(resolve_checkpoint_path(cfg.ckpt).resolve())}
+               "checkpoint": str(resolve_checkpoint_path(cfg.ckpt).resolve()), **operator}
     if dist.is_main:
         write_json(run_dir / "metrics.json", summary)
     log.info("%s (checkpoint step %d): %s", split, step, format_metrics(result.metrics))
