@@ -38,7 +38,8 @@ def test_scripts_exist() -> None:
     assert [p.name for p in SCRIPTS] == ["array_sweep.sbatch", "multi_node.sbatch", "single_node.sbatch"]
 
 
-@pytest.mark.parametrize("script", [*SCRIPTS, SLURM_DIR / "common.sh"], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [*SCRIPTS, SLURM_DIR / "common.sh", SLURM_DIR / "node_relay.sh"],
+                         ids=lambda p: p.name)
 def test_bash_syntax_and_sbatch_header(script: Path) -> None:
     subprocess.run(["bash", "-n", str(script)], check=True)
     if script.suffix == ".sbatch":
@@ -75,8 +76,8 @@ def calls(tmp_path: Path) -> list[list[str]]:
         if line == "END":
             out.append(current)
             current = []
-        elif line in ("started", "TERM received"):
-            continue
+        elif line in ("started", "TERM received") or line.startswith("~ "):
+            continue  # events, not calls
         else:
             current.append(line)
     return out
@@ -119,19 +120,65 @@ def test_single_node_passes_training_failure_through(tmp_path: Path) -> None:
     assert not any(c[0] == "scontrol" for c in calls(tmp_path))  # a crash is not requeued
 
 
+# The worker sees its thread count; torchrun's shim records it as an event.
+RECORD_THREADS = 'echo "~ OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}" >> "$SHIM_LOG"'
+
+
+def events(tmp_path: Path) -> list[str]:
+    return [line[2:] for line in (tmp_path / "calls.log").read_text().splitlines() if line.startswith("~ ")]
+
+
 def test_multi_node_uses_srun_and_c10d_rendezvous_on_first_host(tmp_path: Path) -> None:
-    env = make_env(tmp_path, SLURM_GPUS_ON_NODE="8", SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="node[07-08]")
+    env = make_env(tmp_path, RECORD_THREADS, SLURM_GPUS_ON_NODE="8", SLURM_JOB_NUM_NODES="2",
+                   SLURM_JOB_NODELIST="node[07-08]", SLURM_CPUS_PER_TASK="32")
     res = run_script("multi_node.sbatch", ["trainer.batch_size=64"], env)
     assert res.returncode == 0, res.stderr
     scontrol, srun, torchrun = calls(tmp_path)
     assert scontrol == ["scontrol", "show", "hostnames", "node[07-08]"]
-    assert srun[:4] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    # srun does not inherit sbatch's --cpus-per-task (SLURM >= 22.05): it is passed explicitly
+    assert srun[:5] == ["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=32", "--kill-on-bad-exit=1"]
     assert torchrun == [
         "torchrun", "--nnodes=2", "--nproc_per_node=8", "--rdzv_id=1234", "--rdzv_backend=c10d",
-        "--rdzv_endpoint=node07:29500", "--no-python", "python", "-m", "eqdeq_cli.cli", "train",
+        "--rdzv_endpoint=node07:21234", "--no-python", "python", "-m", "eqdeq_cli.cli", "train",
         f"hydra.run.dir={tmp_path / 'out' / 'ctjob' / '1234'}", "trainer.batch_size=64",
     ]
-    assert srun[4:] == torchrun  # srun runs exactly that torchrun command on every node
+    # on every node srun runs the signal relay, which runs exactly that torchrun command
+    assert srun[5:] == ["bash", str(SLURM_DIR / "node_relay.sh"), *torchrun]
+    assert events(tmp_path) == ["OMP_NUM_THREADS=4"]  # 32 CPUs shared by 8 processes, not torchrun's 1
+
+
+def test_thread_count_without_a_cpu_request_or_when_set(tmp_path: Path) -> None:
+    env = make_env(tmp_path, RECORD_THREADS, SLURM_GPUS_ON_NODE="2", SLURM_JOB_NODELIST="node07")
+    assert run_script("multi_node.sbatch", [], env).returncode == 0
+    assert not any(a.startswith("--cpus-per-task") for a in calls(tmp_path)[1])
+    env = make_env(tmp_path, RECORD_THREADS, SLURM_CPUS_PER_TASK="3", SLURM_GPUS_ON_NODE="4")
+    assert run_script("single_node.sbatch", [], env).returncode == 0  # fewer CPUs than processes: one each
+    env = make_env(tmp_path, RECORD_THREADS, SLURM_CPUS_PER_TASK="16", OMP_NUM_THREADS="6")
+    assert run_script("single_node.sbatch", [], env).returncode == 0
+    assert events(tmp_path) == ["OMP_NUM_THREADS=unset", "OMP_NUM_THREADS=1", "OMP_NUM_THREADS=6"]
+
+
+@pytest.mark.parametrize("job_id,override,port", [("1234", None, 21234), ("98765", None, 28765),
+                                                  ("88765", None, 28765), ("1234", "31000", 31000)])
+def test_rendezvous_port_follows_the_job_id(tmp_path: Path, job_id: str, override: str | None, port: int) -> None:
+    extra = {"EQDEQ_RDZV_PORT": override} if override else {}
+    env = make_env(tmp_path, SLURM_JOB_ID=job_id, SLURM_JOB_NODELIST="node[07-08]", **extra)
+    assert run_script("multi_node.sbatch", [], env).returncode == 0
+    assert f"--rdzv_endpoint=node07:{port}" in calls(tmp_path)[-1]
+
+
+@pytest.mark.parametrize("variable,value,message", [
+    ("EQDEQ_RDZV_PORT", "80", "EQDEQ_RDZV_PORT=80 is not a port number in 1024-65535"),
+    ("EQDEQ_RDZV_PORT", "http", "EQDEQ_RDZV_PORT=http is not a port number in 1024-65535"),
+    ("EQDEQ_FORWARD_SIGNAL", "TERM", "EQDEQ_FORWARD_SIGNAL=TERM: srun does not pass that signal on to its tasks "
+                                     "(it kills or reports them); use USR1 or USR2"),
+])
+def test_multi_node_refuses_bad_settings(tmp_path: Path, variable: str, value: str, message: str) -> None:
+    env = make_env(tmp_path, SLURM_JOB_NODELIST="node[07-08]", **{variable: value})
+    res = run_script("multi_node.sbatch", [], env)
+    assert res.returncode == 2 and res.stderr.strip().endswith(message), res.stderr
+    log = tmp_path / "calls.log"
+    assert not log.exists() or not any(c[0] in ("srun", "torchrun") for c in calls(tmp_path))
 
 
 def write_sweep_file(tmp_path: Path) -> Path:
@@ -175,15 +222,16 @@ def test_make_sweep_file() -> None:
         make_sweep_file.sweep_lines(["oops"])
 
 
-def signal_running_job(tmp_path: Path, env: dict[str, str], sig: int) -> tuple[int, str]:
-    """Start single_node.sbatch, wait for the training shim, send `sig` to the batch shell."""
+def signal_running_job(tmp_path: Path, env: dict[str, str], sig: int,
+                       script: str = "single_node.sbatch", started: int = 1) -> tuple[int, str]:
+    """Start `script`, wait for `started` training shims, send `sig` to the batch shell."""
     proc = subprocess.Popen(
-        ["bash", str(SLURM_DIR / "single_node.sbatch"), "seed=0"], env=env, cwd=env["SLURM_SUBMIT_DIR"],
+        ["bash", str(SLURM_DIR / script), "seed=0"], env=env, cwd=env["SLURM_SUBMIT_DIR"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     log = tmp_path / "calls.log"
-    deadline = time.monotonic() + 30
-    while not (log.is_file() and "started" in log.read_text()):
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and log.read_text().count("started") >= started):
         assert proc.poll() is None and time.monotonic() < deadline, "training shim never started"
         time.sleep(0.02)
     proc.send_signal(sig)
@@ -223,3 +271,132 @@ def test_sigterm_is_forwarded_without_requeue(tmp_path: Path) -> None:
     assert rc == 0, err
     text = (tmp_path / "calls.log").read_text()
     assert "TERM received" in text and "scontrol" not in text
+
+
+# An srun as SLURM's: signals it catches go to its task unchanged, except SIGTERM (and HUP,
+# QUIT), on which it kills the task outright ("forcing job termination").
+REAL_SRUN_BODY = """
+while [[ "$1" == --* ]]; do shift; done
+"$@" &
+task=$!
+trap 'echo "~ srun got USR1"; kill -USR1 $task' USR1
+trap 'kill -USR2 $task' USR2
+trap 'echo "~ srun: forcing job termination"; kill -KILL $task' TERM
+status=0
+wait $task || status=$?
+while kill -0 $task 2>/dev/null; do status=0; wait $task || status=$?; done
+exit $status
+""".replace('echo "~', 'echo >> "$SHIM_LOG" "~')
+
+
+@pytest.mark.skipif(shutil.which("seq") is None, reason="needs coreutils")
+def test_multi_node_time_limit_reaches_torchrun_as_sigterm_through_srun(tmp_path: Path) -> None:
+    env = make_env(tmp_path, torchrun_body=TRAINING_BODY, SHIM_EXIT="75", SLURM_JOB_NODELIST="node[07-08]")
+    (tmp_path / "shims" / "srun").write_text(SHIM.format(name="srun", body=REAL_SRUN_BODY))
+    rc, err = signal_running_job(tmp_path, env, signal.SIGUSR1, "multi_node.sbatch")
+    assert rc == 0, err
+    text = (tmp_path / "calls.log").read_text()
+    # srun passed USR1 on (a SIGTERM would have killed torchrun), the relay made it the
+    # SIGTERM torchrun forwards, training exited after its checkpoint, then the requeue
+    assert "forcing job termination" not in text
+    assert (text.index("started") < text.index("~ srun got USR1") < text.index("TERM received")
+            < text.index("scontrol\nrequeue\n1234\nEND"))
+    assert "training exited with status 75" in err
+
+
+# A torchrun that records every SIGTERM and keeps running a moment after the first, so that
+# a second one would be seen.
+COUNTING_BODY = """
+trap 'echo "TERM received" >> "$SHIM_LOG"; stop=1' TERM
+stop=0
+echo started >> "$SHIM_LOG"
+for _ in $(seq 200); do sleep 0.05; (( stop )) && break; done
+sleep 0.3
+exit "${SHIM_EXIT:-0}"
+"""
+
+
+@pytest.mark.skipif(shutil.which("seq") is None, reason="needs coreutils")
+@pytest.mark.parametrize("sig,to_group", [(signal.SIGUSR1, False), (signal.SIGUSR2, False), (signal.SIGTERM, True)])
+def test_node_relay_turns_usr_signals_into_one_sigterm(tmp_path: Path, sig: int, to_group: bool) -> None:
+    env = make_env(tmp_path, torchrun_body=COUNTING_BODY, SHIM_EXIT="75")
+    proc = subprocess.Popen(["bash", str(SLURM_DIR / "node_relay.sh"), "torchrun", "--nnodes=2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tmp_path / "calls.log"
+    deadline = time.monotonic() + 30
+    while not (log.is_file() and "started" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "torchrun shim never started"
+        time.sleep(0.02)
+    if to_group:  # SLURM's own SIGTERM (scancel, preemption) reaches every process of the step
+        os.killpg(proc.pid, sig)
+    else:  # srun passes SIGUSR1 / SIGUSR2 to its task, the relay
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, err  # torchrun's exit status comes back through the relay
+    assert log.read_text().count("TERM received") == 1
+    assert calls(tmp_path) == [["torchrun", "--nnodes=2"]]
+
+
+def _script_environment() -> dict[str, str]:
+    """The environment common.sh leaves for the launcher."""
+    out = subprocess.run(["bash", "-c", f"source {SLURM_DIR / 'common.sh'} && env -0"], capture_output=True,
+                         check=True, env={k: v for k, v in os.environ.items()
+                                          if not k.startswith(("PET_", "TORCH_ELASTIC", "TORCHELASTIC"))})
+    return dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
+
+
+def test_torchrun_started_by_the_scripts_forwards_usr_signals_and_waits_for_checkpoints() -> None:
+    pytest.importorskip("torch")
+    env = _script_environment()
+    code = ("from torch.distributed.run import config_from_args, get_args_parser\n"
+            "args = get_args_parser().parse_args(['--nproc_per_node=2', '--no-python', 'true'])\n"
+            "config = config_from_args(args)[0]\n"
+            "print(getattr(config, 'signals_to_handle', '-'), config.shutdown_timeout)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    handled, timeout = proc.stdout.split()
+    if handled == "-":
+        pytest.skip("this torchrun has no --signals-to-handle")
+    assert {"SIGTERM", "SIGUSR1", "SIGUSR2"} <= set(handled.split(",")) and timeout == "100"
+
+
+# A training process under the real torchrun: records the signal that reaches it and
+# exits as eqdeq does after its checkpoint (75).
+WORKER = """#!/bin/bash
+trap 'echo "~ worker $RANK got SIGTERM" >> "$SHIM_LOG"; exit 75' TERM
+trap 'echo "~ worker $RANK got SIGUSR1" >> "$SHIM_LOG"; exit 75' USR1
+echo started >> "$SHIM_LOG"
+for _ in $(seq 1200); do sleep 0.05; done
+exit 3
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("seq") is None, reason="needs coreutils")
+@pytest.mark.parametrize("script", ["single_node.sbatch", "multi_node.sbatch"])
+def test_time_limit_signal_reaches_the_workers_of_the_real_torchrun(tmp_path: Path, script: str) -> None:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    worker = tmp_path / "worker.sh"
+    worker.write_text(WORKER)
+    worker.chmod(0o755)
+    env = make_env(tmp_path, TORCHRUN=str(torchrun), EQDEQ_CMD=str(worker), EQDEQ_NPROC="2",
+                   SLURM_JOB_NODELIST="localhost", SLURM_JOB_NUM_NODES="1", EQDEQ_RDZV_PORT=str(_free_port()))
+    (tmp_path / "shims" / "srun").write_text(SHIM.format(name="srun", body=REAL_SRUN_BODY))
+    (tmp_path / "shims" / "scontrol").write_text(SHIM.format(
+        name="scontrol", body='[[ "$1" == show ]] && echo localhost; exit 0'))
+    # (both workers running: torchrun leaves workers it is still starting without a signal)
+    rc, err = signal_running_job(tmp_path, env, signal.SIGUSR1, script, started=2)
+    assert rc == 0, err
+    text = (tmp_path / "calls.log").read_text()
+    assert sorted(events(tmp_path))[-2:] == ["worker 0 got SIGTERM", "worker 1 got SIGTERM"], text
+    assert text.rindex("got SIGTERM") < text.index("scontrol\nrequeue\n1234\nEND")
