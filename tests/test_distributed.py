@@ -59,6 +59,9 @@ def test_launch_detection_from_torchrun_and_srun_variables(caplog):
     assert detect_launch(torchrun) == Launch(3, 4, 1, "h0", 1234, "torchrun")
     srun = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[12-13]"}
     assert detect_launch(srun) == Launch(5, 8, 1, "gpu12", 29500, "srun")
+    # within a job the port follows the job id, so jobs sharing their first node do not collide
+    assert detect_launch({**srun, "SLURM_JOB_ID": "4711234"}).master_port == 21234
+    assert detect_launch({**srun, "SLURM_JOB_ID": "4711235"}).master_port == 21235
     assert detect_launch({**srun, "MASTER_ADDR": "head", "MASTER_PORT": "4000"}).master_addr == "head"
     assert detect_launch({}) is None
     assert detect_launch({"RANK": "0", "WORLD_SIZE": "1"}) is None

@@ -4,7 +4,7 @@ r"""Data-parallel training over several processes (``torchrun`` or ``srun``).
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; ``srun`` without ``torchrun`` sets
 ``SLURM_PROCID``, ``SLURM_NTASKS`` and ``SLURM_LOCALID``, and the rendezvous address is
 ``MASTER_ADDR`` when set, else the first host of ``SLURM_JOB_NODELIST`` (port
-``MASTER_PORT``, default 29500). ``RANK`` wins over ``SLURM_PROCID`` (``srun torchrun``
+``MASTER_PORT``, else :func:`job_port`). ``RANK`` wins over ``SLURM_PROCID`` (``srun torchrun``
 gives both). A world of one process is not distributed.
 
 **One step on W processes equals one step of one process on the global batch.**
@@ -55,6 +55,7 @@ from torch.overrides import TorchFunctionMode
 
 log = logging.getLogger(__name__)
 
+#: The rendezvous port of a process outside a SLURM job, when ``MASTER_PORT`` is not set.
 DEFAULT_PORT = 29500
 
 
@@ -75,6 +76,17 @@ def _int_env(env: Mapping[str, str], name: str) -> int:
         return int(env[name])
     except ValueError:
         raise ValueError(f"environment variable {name}={env[name]!r} is not an integer") from None
+
+
+def job_port(env: Mapping[str, str]) -> int:
+    """The rendezvous port of an ``srun`` launch without ``MASTER_PORT``: ``20000 +
+    (SLURM_JOB_ID mod 10000)``, as ``scripts/slurm/multi_node.sbatch`` derives its own, so
+    that two jobs whose first node is the same do not both listen on one port (they do only
+    when their ids differ by a multiple of 10000); :data:`DEFAULT_PORT` without a job id.
+    The range 20000-29999 lies below Linux's ephemeral ports (32768-60999)."""
+    if not env.get("SLURM_JOB_ID"):
+        return DEFAULT_PORT
+    return 20000 + _int_env(env, "SLURM_JOB_ID") % 10000
 
 
 def first_slurm_host(nodelist: str) -> str:
@@ -122,7 +134,7 @@ def detect_launch(env: Mapping[str, str] | None = None) -> Launch | None:
             log.warning("srun started %d tasks but neither MASTER_ADDR nor SLURM_JOB_NODELIST is set: "
                         "each task trains alone", world)
             return None
-        port = _int_env(env, "MASTER_PORT") if env.get("MASTER_PORT") else DEFAULT_PORT
+        port = _int_env(env, "MASTER_PORT") if env.get("MASTER_PORT") else job_port(env)
         rank = _int_env(env, "SLURM_PROCID")
         local = _int_env(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
         return Launch(rank, world, local, addr, port, "srun")
