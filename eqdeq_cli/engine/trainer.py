@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
-from hydra.utils import instantiate
 
 from ..data import TensorDictDataset
 from ..deq import DEQ
@@ -37,6 +36,7 @@ from .evaluate import EvalResult, evaluate_and_record
 from .logs import MetricsCSV, TensorBoard, format_metrics, progress_bar
 from ..analysis.contraction import spectral_norm_per_sample
 from .metrics import PSNR_CAP_DB, compared_images, psnr
+from .optimizers import build_optimizer, build_scheduler
 from .rng import capture_rng_state, data_order, restore_rng_state
 from .settings import EvalSettings, TrainerSettings
 
@@ -111,8 +111,8 @@ class Trainer:
         self.rank_rows = rank_slice(settings.batch_size, self.dist.rank, self.dist.world_size)
         self.dist.broadcast_parameters(deq.parameters())
         self.params = [p for p in deq.parameters() if p.requires_grad]
-        self.optimizer = instantiate(settings.optimizer)(self.params)
-        self.scheduler = instantiate(settings.scheduler)(self.optimizer, max_steps=settings.max_steps)
+        self.optimizer = build_optimizer(settings.optimizer, self.params)
+        self.scheduler = build_scheduler(settings.scheduler, self.optimizer, settings.max_steps)
         self.loss_generator = torch.Generator(device="cpu").manual_seed(self.seed + 7919)
         self.step = 0
         self.bad_steps = 0
