@@ -29,7 +29,10 @@ def train_job(cfg: DictConfig, job: Job) -> float | None:
     with stop:  # handlers restored when training has ended and its status is recorded
         summary = train(cfg, run_dir=job.run_dir, stop_event=stop.event, dist=job.dist)
         status = str(summary.get("status", "completed"))
-        job.record(status, elapsed_s=job.elapsed(), **({"signal": stop.signal_name} if status == "stopped" else {}))
+        extra = {"signal": stop.signal_name} if status == "stopped" else {}
+        if "time_cap" in summary:
+            extra["time_cap"] = summary["time_cap"]
+        job.record(status, elapsed_s=job.elapsed(), **extra)
     if status == "stopped":
         def finish() -> None:
             log.info("stopped at step %s (%s): run the same command again to resume; exit code %d",

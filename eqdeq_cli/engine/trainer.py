@@ -117,6 +117,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.train_time_s = 0.0
+        self.time_capped = False  # fit() ended at trainer.max_minutes before max_steps
         self.best: dict[str, float | int | None] = {"value": None, "step": None}
         self.lipschitz: float | None = None  # the latest contraction estimate (measure_contraction)
         self.fallbacks_total = 0
@@ -334,7 +335,8 @@ class Trainer:
     def fit(self) -> str:
         """Train up to ``max_steps`` (or the time cap, or a stop request).
 
-        Returns ``"completed"`` or ``"stopped"`` (stop request; ``last.pt`` written).
+        Returns ``"completed"`` or ``"stopped"`` (stop request; ``last.pt`` written). A run ended
+        by the time cap is ``"completed"`` with :attr:`time_capped` set.
         Raises :class:`~eqdeq_cli.errors.TrainingDivergedError` after ``max_bad_steps``
         consecutive non-finite steps, leaving the last good checkpoint in place.
         """
@@ -355,6 +357,7 @@ class Trainer:
                     break
                 if out_of_time:
                     log.info("trainer.max_minutes=%s reached at step %d", s.max_minutes, self.step)
+                    self.time_capped = True
                     break
                 numbers = self.train_step()
                 self.train_time_s = time.perf_counter() - start

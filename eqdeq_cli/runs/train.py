@@ -64,6 +64,9 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
     or a callback called ``trainer.request_stop()``). ``dist``: this process's place
     among several training processes (all ranks call ``train`` with the same
     ``run_dir``; rank 0 writes the files).
+
+    A run stopped by the time cap (``trainer.max_minutes``) is evaluated and completed as
+    usual; ``metrics.json`` and the summary then hold ``time_cap`` (see :func:`time_cap_record`).
     """
     dist = dist or Distributed()
     run_dir = Path(run_dir)
@@ -104,6 +107,8 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
                                      progress=settings.progress, extra=trainer.contraction_metrics())
         summary = {**result.metrics, "split": "test", "step": trainer.step, "steps": trainer.step,
                    "train_time_s": round(trainer.train_time_s, 3), "best_val": trainer.best, "status": status}
+        if trainer.time_capped:
+            summary["time_cap"] = time_cap_record(trainer.step, settings.max_steps, settings.max_minutes)
         if dist.is_main:
             write_json(run_dir / "metrics.json", summary)
         if trainer.tb is not None:
@@ -111,9 +116,18 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
                                                if k in result.metrics})
         log.info("test: %s (trained %d steps in %.1f s)", format_metrics(result.metrics), trainer.step,
                  trainer.train_time_s)
+        if trainer.time_capped:
+            log.warning("%s: these metrics are of step %d; to train on, raise trainer.max_minutes (or set it to "
+                        "null) and run the same command again", summary["time_cap"], trainer.step)
         return summary
     finally:
         trainer.close()
+
+
+def time_cap_record(step: int, max_steps: int, max_minutes: float | None) -> str:
+    """``"stopped at the time cap (trainer.max_minutes=8) at step 78 of 400"``: the ``time_cap``
+    field of ``metrics.json`` and ``status.json`` of a run the cap ended early."""
+    return f"stopped at the time cap (trainer.max_minutes={max_minutes:g}) at step {step} of {max_steps}"
 
 
 def monitored_value(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
