@@ -199,3 +199,8 @@ def test_an_uncapped_run_has_no_time_cap_note(compose_cfg, tmp_path):
     summary = run.train(compose_cfg([*TINY, "trainer.max_minutes=60"]), run_dir=tmp_path)
     assert "time_cap" not in summary and "time_cap" not in json.loads((tmp_path / "metrics.json").read_text())
 
+
+def test_an_unknown_monitor_fails_before_training(compose_cfg, tmp_path):
+    with pytest.raises(ValueError, match=r"trainer.monitor='bogus' is not an evaluation metric; valid: psnr, ssim, "):
+        run.train(compose_cfg([*TINY, "trainer.monitor=bogus", "trainer.eval_every=1"]), run_dir=tmp_path)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()
