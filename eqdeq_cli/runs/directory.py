@@ -21,6 +21,8 @@ from typing import IO, Mapping
 from ..errors import UserError
 
 LOCK_FILE = ".lock"
+#: What a run leaves in its directory; a directory holding any of them holds a run.
+RUN_MARKERS = (".hydra", "status.json", "metrics.json", "checkpoints")
 RESOLVER = "eqdeq_run_stamp"
 
 
@@ -55,6 +57,11 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver(RESOLVER, lambda: run_stamp(), use_cache=True, replace=True)
+
+
+def holds_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds (part of) a run: any of :data:`RUN_MARKERS`."""
+    return any((Path(run_dir) / name).exists() for name in RUN_MARKERS)
 
 
 class RunDirectoryInUse(UserError):
