@@ -19,7 +19,12 @@ written), then claims it (:meth:`Job.claim`): writes ``.hydra/`` there
 run already in the directory (train) claims such a directory only once it has accepted it
 (same experiment, readable checkpoint); until then nothing of that run is rewritten, so a
 refused or failed attempt leaves its ``.hydra/`` and ``status.json`` (``completed``,
-``stopped``) as they were.
+``stopped``) as they were. A second Ctrl-C (``KeyboardInterrupt``) records ``stopped``
+with ``aborted: true`` in a claimed directory and exits with 130 after one line.
+
+:class:`WritableRunDirectory`, a Hydra callback of ``configs/hydra/default.yaml``, checks
+that the run (or sweep) directory can be written before Hydra creates it or opens the log
+there: a read-only file system or a missing permission is one line and exit 1.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .. import CONFIG_DIR
@@ -123,6 +129,11 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim
                     job.claim()
                 value = body(cfg, job)
                 clean = True
+            except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint written stays
+                job.record("stopped", signal="SIGINT", aborted=True, elapsed_s=job.elapsed())
+                log.error("aborted by a second Ctrl-C: run the same command again to resume from the last "
+                          "checkpoint written in %s", job.run_dir)
+                raise SystemExit(130) from None
             except Exception as exc:
                 message = user_error_message(exc)
                 job.record("failed", error=message or f"{type(exc).__name__}: {exc}", elapsed_s=job.elapsed())
@@ -170,6 +181,28 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
     for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
                        ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
         (out / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+
+
+class WritableRunDirectory(Callback):
+    """Hydra callback: before Hydra creates the run (or sweep) directory and opens its log file,
+    check that it can be written; if not, one line on stderr and exit 1."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(path: str, key: str) -> None:
+        from ..errors import UserError
+        from ..runs.directory import check_writable
+
+        try:
+            check_writable(Path(str(path)), key)
+        except UserError as exc:
+            print(f"[{time.strftime('%H:%M:%S')}][ERROR] {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 def run_app(config_name: str, task: Callable[[DictConfig], Any], argv: Sequence[str], prog: str) -> int:

@@ -64,6 +64,28 @@ def holds_run(run_dir: str | os.PathLike) -> bool:
     return any((Path(run_dir) / name).exists() for name in RUN_MARKERS)
 
 
+class RunDirectoryNotWritable(UserError):
+    """The run directory cannot be created or written (read-only file system, permissions)."""
+
+
+def check_writable(run_dir: str | os.PathLike, key: str = "hydra.run.dir") -> None:
+    """Create ``run_dir`` if needed and write (then remove) a file in it.
+
+    Raises :class:`RunDirectoryNotWritable` naming the directory, the reason (``Read-only file
+    system``, ``Permission denied``, ...) and ``key``, the setting that chooses it.
+    """
+    run_dir = Path(run_dir)
+    probe = run_dir / f".write-test-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise RunDirectoryNotWritable(f"cannot write in the run directory {run_dir} ({reason}): choose a writable "
+                                      f"{key}") from None
+
+
 class RunDirectoryInUse(UserError):
     """Another process holds the run directory's lock."""
 
@@ -77,7 +99,7 @@ def hold_run_dir(run_dir: str | os.PathLike) -> IO[str]:
     import fcntl
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
     handle = open(run_dir / LOCK_FILE, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
