@@ -91,25 +91,28 @@ def own_checkpoint(run_dir: Path, device: Any = "cpu") -> tuple[Path, dict[str, 
     folder = run_dir / CHECKPOINTS
     files = sorted(folder.glob("*.pt"), key=lambda p: (p.name != LAST, p.name)) if folder.is_dir() else []
     readable: list[tuple[Path, dict[str, Any]]] = []
-    bad: list[str] = []
+    bad: list[tuple[Path, str]] = []
     for path in files:
         try:
             payload = load_checkpoint(path, map_location=device)
         except CheckpointError as exc:
-            bad.append(str(exc))
+            bad.append((path, str(exc)))
             continue
         if path.name == LAST:
             return path, payload
         readable.append((path, payload))
     if not readable:
         if bad:
-            raise CheckpointError(f"{bad[0]}; no other readable checkpoint in {folder}: move the damaged "
+            raise CheckpointError(f"{bad[0][1]}; no other readable checkpoint in {folder}: move the damaged "
                                   "file(s) away to train this run again from the start, or choose another "
                                   "hydra.run.dir")
         return None
     path, payload = max(readable, key=lambda item: int(item[1]["step"]))
-    log.warning("%s; resuming from %s (step %d) instead, the newest readable checkpoint; the damaged file is "
-                "replaced at the next checkpoint", bad[0] if bad else f"no {folder / LAST}", path, int(payload["step"]))
+    for _, reason in bad:
+        log.info("%s", reason, extra={"file_only": True})
+    problem = f"{bad[0][0]} cannot be read (truncated or corrupt)" if bad else f"{folder / LAST} is missing"
+    log.warning("%s: resuming from %s (step %d) instead, the newest readable checkpoint; the damaged file is "
+                "replaced at the next checkpoint", problem, path, int(payload["step"]))
     return path, payload
 
 
