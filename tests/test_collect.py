@@ -259,3 +259,20 @@ def test_markdown_leaves_out_bookkeeping_columns(tmp_path: Path) -> None:
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns == ["n", "failures", "psnr", "best_val.value"]
     assert {"n", "step", "steps", "nonfinite", "best_val.step"} <= set(table.metrics)  # still in the CSV
+
+
+def test_time_capped_jobs_are_counted_and_listed(tmp_path: Path) -> None:
+    note = "stopped at the time cap (trainer.max_minutes=8) at step 78 of 400"
+    write_job(tmp_path / "0", ["grad=implicit"], {"psnr": 30.0, "steps": 400})
+    write_job(tmp_path / "1", ["grad=jfb"], {"psnr": 25.0, "steps": 78, "time_cap": note})
+    table = collect(tmp_path)
+    assert [(r.values, r.time_capped) for r in table.rows] == [(("implicit",), 0), (("jfb",), 1)]
+    md = table.to_markdown().splitlines()
+    assert md[0] == "| grad | n | failures | time_capped | psnr |"
+    assert md[-3:] == ["Stopped at the time cap, metrics of fewer steps (1):", "", f"- `1`: {note}"]
+    table.write_jobs_csv(tmp_path / "jobs.csv")
+    rows = list(csv.DictReader(open(tmp_path / "jobs.csv")))
+    assert [r["time_cap"] for r in rows] == ["", note]
+    table.write_csv(tmp_path / "groups.csv")
+    assert [r["time_capped"] for r in csv.DictReader(open(tmp_path / "groups.csv"))] == ["0", "1"]
+    assert "time_capped" not in collect(make_sweep(tmp_path / "plain")).to_markdown()

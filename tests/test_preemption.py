@@ -206,3 +206,31 @@ def test_ctrl_c_stops_at_the_step_boundary_with_a_checkpoint_and_a_second_one_ab
         assert stop.event.is_set() and stop.signal_name == "SIGINT"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_second_ctrl_c_aborts_with_one_line_and_leaves_a_stopped_status(
+        tmp_path, monkeypatch, cache_dir, restore_handlers, capfd):
+    run_dir = tmp_path / "run"
+    command = ["train", *RUN, "trainer.checkpoint_every=1", f"hydra.run.dir={run_dir}"]
+    original = trainer_mod.Trainer.train_step
+
+    def twice_at_step_2(trainer):
+        out = original(trainer)
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # stop at the step boundary ...
+            os.kill(os.getpid(), signal.SIGINT)  # ... no: abort now, before step 2 is saved
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod.Trainer, "train_step", twice_at_step_2)
+        assert cli.main(command) == 130
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "stopped" and status["signal"] == "SIGINT" and status["aborted"] is True
+    assert _weights(run_dir)["step"] == 1  # the last checkpoint written
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if "second Ctrl-C" in line and str(run_dir) in line]) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert cli.main(command) == 0
+    assert _weights(run_dir)["step"] == 3
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"

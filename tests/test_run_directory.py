@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -106,3 +107,36 @@ def test_a_second_process_in_a_running_runs_directory_stops_at_once(tmp_path, ca
     assert OmegaConf.load(hydra_files / "config.yaml").trainer.max_steps == 2
     assert OmegaConf.load(hydra_files / "overrides.yaml") == ["debug=smoke"]  # as Hydra writes it
     assert OmegaConf.load(hydra_files / "hydra.yaml").hydra.output_subdir == ".hydra"
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capfd, monkeypatch, cache_dir):
+    from eqdeq_cli import cli
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() != 0:
+        locked.chmod(0o555)
+        reason = os.strerror(errno.EACCES)
+    else:  # chmod does not stop root: the file system's refusal (a read-only mount) is simulated
+        reason = os.strerror(errno.EROFS)
+        touch = Path.touch
+
+        def read_only(self, *args, **kwargs):
+            if locked in self.parents:
+                raise OSError(errno.EROFS, reason, str(self))
+            return touch(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "touch", read_only)
+    try:
+        for command, key, where in ((["train", "debug=smoke"], "hydra.run.dir", locked / "run"),
+                                    (["train", "-m", "debug=smoke", "seed=0,1"], "hydra.sweep.dir", locked / "sweep"),
+                                    (["eval", "ckpt=x.pt"], "hydra.run.dir", locked)):
+            assert cli.main([*command, f"{key}={where}"]) == 1
+            err = capfd.readouterr().err
+            assert "Traceback" not in err
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].endswith(
+                f"[ERROR] cannot write in the run directory {where} ({reason}): choose a writable {key}"), err
+            assert not any(locked.rglob("*.log")) and not any(locked.rglob("status.json"))
+    finally:
+        locked.chmod(0o755)

@@ -171,3 +171,36 @@ def test_training_warns_when_the_group_cannot_teach_ei(compose_cfg, tmp_path, ca
     assert bool(warned) == warns
     if warns:
         assert "rotations" in warned[0]
+
+
+def test_the_time_cap_is_recorded_in_metrics_status_and_the_last_line(tmp_path, cache_dir, capfd):
+    from eqdeq_cli import cli
+
+    run_dir = tmp_path / "run"
+    # a cap of 6e-8 s: reached after the first step, whatever the machine
+    assert cli.main(["train", *TINY, "trainer.max_steps=3", "trainer.max_minutes=1e-9",
+                     f"hydra.run.dir={run_dir}"]) == 0
+    note = "stopped at the time cap (trainer.max_minutes=1e-09) at step 1 of 3"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 1 and metrics["time_cap"] == note
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "completed" and status["time_cap"] == note
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if "WARNING" in line and note in line and "trainer.max_minutes" in line]
+
+    from eqdeq_cli.sweeps.table import collect
+
+    table = collect(run_dir)
+    assert table.rows[0].time_capped == 1 and table.time_capped[0].time_cap == note
+    assert f"- `.`: {note}" in table.to_markdown()
+
+
+def test_an_uncapped_run_has_no_time_cap_note(compose_cfg, tmp_path):
+    summary = run.train(compose_cfg([*TINY, "trainer.max_minutes=60"]), run_dir=tmp_path)
+    assert "time_cap" not in summary and "time_cap" not in json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_an_unknown_monitor_fails_before_training(compose_cfg, tmp_path):
+    with pytest.raises(ValueError, match=r"trainer.monitor='bogus' is not an evaluation metric; valid: psnr, ssim, "):
+        run.train(compose_cfg([*TINY, "trainer.monitor=bogus", "trainer.eval_every=1"]), run_dir=tmp_path)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()

@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         sys.stdout.write(markdown)
     sys.stderr.write(
-        f"{len(table.jobs)} jobs ({len(table.failed)} failed) -> " + ", ".join(map(str, paths)) + "\n"
+        f"{len(table.jobs)} jobs ({len(table.failed)} failed"
+        + (f", {len(table.time_capped)} stopped at the time cap" if table.time_capped else "")
+        + ") -> " + ", ".join(map(str, paths)) + "\n"
     )
     return 0
 

@@ -14,7 +14,17 @@ failure policy, written once:
 
 A command that records a status (train, eval) first holds its run directory
 (:func:`~eqdeq_cli.runs.directory.hold_run_dir`; refused: one line, exit 1, nothing
-written), then writes ``.hydra/`` there (:func:`save_hydra_files`).
+written), then claims it (:meth:`Job.claim`): writes ``.hydra/`` there
+(:func:`save_hydra_files`) and ``status.json`` ``running``. A command that may continue a
+run already in the directory (train) claims such a directory only once it has accepted it
+(same experiment, readable checkpoint); until then nothing of that run is rewritten, so a
+refused or failed attempt leaves its ``.hydra/`` and ``status.json`` (``completed``,
+``stopped``) as they were. A second Ctrl-C (``KeyboardInterrupt``) records ``stopped``
+with ``aborted: true`` in a claimed directory and exits with 130 after one line.
+
+:class:`WritableRunDirectory`, a Hydra callback of ``configs/hydra/default.yaml``, checks
+that the run (or sweep) directory can be written before Hydra creates it or opens the log
+there: a read-only file system or a missing permission is one line and exit 1.
 """
 from __future__ import annotations
 
@@ -26,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .. import CONFIG_DIR
@@ -51,6 +62,10 @@ class Job:
     finish: Callable[[], None] | None = None
     #: The run directory's lock file while this job holds it (rank 0 of commands with a status).
     lock: Any = None
+    #: The composed config (written to ``.hydra/`` by :meth:`claim`).
+    cfg: Any = None
+    #: Whether this job writes the directory's ``.hydra/`` and ``status.json`` (see :meth:`claim`).
+    claimed: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -59,21 +74,34 @@ class Job:
     def elapsed(self) -> float:
         return round(time.time() - self.started, 3)
 
-    def record(self, status: str, **fields: Any) -> None:
-        """Write ``status.json`` (rank 0, for commands that own their run directory)."""
+    def claim(self) -> None:
+        """Take the run directory as this job's: write ``.hydra/`` and ``status.json`` ``running``
+        (rank 0, for commands that record a status). Until then :meth:`record` writes nothing."""
+        if self.claimed:
+            return
+        self.claimed = True
         if self.record_status and self.is_main:
+            save_hydra_files(self.cfg, self.run_dir)
+        self.record("running")
+
+    def record(self, status: str, **fields: Any) -> None:
+        """Write ``status.json`` (rank 0, for commands that own their run directory, once claimed)."""
+        if self.record_status and self.is_main and self.claimed:
             from ..runs.status import write_status
 
             write_status(self.run_dir, status, task=self.task, overrides=self.overrides, **fields)
 
 
-def hydra_task(*, record_status: bool = True, join_processes: bool = True
+def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim_in_body: bool = False
                ) -> Callable[[Callable[[DictConfig, Job], Any]], Callable[[DictConfig], Any]]:
     """Decorate ``body(cfg, job)`` into a Hydra task function with the failure policy.
 
     ``record_status``: write ``status.json`` (``running``, then ``failed`` on an error;
     the body records how it ended). ``join_processes``: join a torchrun / srun launch
     (:func:`~eqdeq_cli.runs.processes.start_processes`) and leave it at the end.
+    ``claim_in_body``: in a directory that already holds a run
+    (:func:`~eqdeq_cli.runs.directory.holds_run`), the body calls ``job.claim()`` once it has
+    accepted it; a fresh directory is claimed before the body runs.
     """
 
     def wrap(body: Callable[[DictConfig, Job], Any]) -> Callable[[DictConfig], Any]:
@@ -83,12 +111,12 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True
             from hydra.types import RunMode
 
             from ..errors import user_error_message
-            from ..runs.directory import RunDirectoryInUse, hold_run_dir
+            from ..runs.directory import hold_run_dir, holds_run
 
             hc = HydraConfig.get()
             job = Job(run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task),
                       multirun=hc.mode == RunMode.MULTIRUN, task=str(cfg.get("task", hc.job.name)),
-                      record_status=record_status)
+                      record_status=record_status, cfg=cfg)
             clean = False
             try:
                 if join_processes:
@@ -97,14 +125,18 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True
                     job.dist, job.run_dir = start_processes(cfg, job.run_dir)
                 if record_status and job.is_main:
                     job.lock = hold_run_dir(job.run_dir)  # refused: another run's files stay untouched
-                    save_hydra_files(cfg, job.run_dir)
-                job.record("running")
+                if not (claim_in_body and holds_run(job.run_dir)):
+                    job.claim()
                 value = body(cfg, job)
                 clean = True
+            except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint written stays
+                job.record("stopped", signal="SIGINT", aborted=True, elapsed_s=job.elapsed())
+                log.error("aborted by a second Ctrl-C: run the same command again to resume from the last "
+                          "checkpoint written in %s", job.run_dir)
+                raise SystemExit(130) from None
             except Exception as exc:
                 message = user_error_message(exc)
-                if not isinstance(exc, RunDirectoryInUse):
-                    job.record("failed", error=message or f"{type(exc).__name__}: {exc}", elapsed_s=job.elapsed())
+                job.record("failed", error=message or f"{type(exc).__name__}: {exc}", elapsed_s=job.elapsed())
                 if job.multirun:
                     log.error("job %s failed: %s", job.run_dir, message or repr(exc), exc_info=True)
                     return None
@@ -149,6 +181,28 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
     for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
                        ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
         (out / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+
+
+class WritableRunDirectory(Callback):
+    """Hydra callback: before Hydra creates the run (or sweep) directory and opens its log file,
+    check that it can be written; if not, one line on stderr and exit 1."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(path: str, key: str) -> None:
+        from ..errors import UserError
+        from ..runs.directory import check_writable
+
+        try:
+            check_writable(Path(str(path)), key)
+        except UserError as exc:
+            print(f"[{time.strftime('%H:%M:%S')}][ERROR] {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 def run_app(config_name: str, task: Callable[[DictConfig], Any], argv: Sequence[str], prog: str) -> int:

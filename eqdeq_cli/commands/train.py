@@ -19,7 +19,7 @@ from .hydra_app import Job, hydra_task, run_app
 log = logging.getLogger(__name__)
 
 
-@hydra_task()
+@hydra_task(claim_in_body=True)
 def train_job(cfg: DictConfig, job: Job) -> float | None:
     """Train in the job's run directory; returns the monitored validation value (for sweepers)."""
     from ..engine.signals import STOP_EXIT_CODE, StopOnSignals
@@ -27,9 +27,12 @@ def train_job(cfg: DictConfig, job: Job) -> float | None:
 
     stop = StopOnSignals()
     with stop:  # handlers restored when training has ended and its status is recorded
-        summary = train(cfg, run_dir=job.run_dir, stop_event=stop.event, dist=job.dist)
+        summary = train(cfg, run_dir=job.run_dir, stop_event=stop.event, dist=job.dist, on_accepted=job.claim)
         status = str(summary.get("status", "completed"))
-        job.record(status, elapsed_s=job.elapsed(), **({"signal": stop.signal_name} if status == "stopped" else {}))
+        extra = {"signal": stop.signal_name} if status == "stopped" else {}
+        if "time_cap" in summary:
+            extra["time_cap"] = summary["time_cap"]
+        job.record(status, elapsed_s=job.elapsed(), **extra)
     if status == "stopped":
         def finish() -> None:
             log.info("stopped at step %s (%s): run the same command again to resume; exit code %d",

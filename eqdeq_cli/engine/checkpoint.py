@@ -59,8 +59,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for damaged files
+        others = "; ".join(f"{q} (step {step})" for q, step in readable_beside(p))
         raise CheckpointError(f"cannot read checkpoint {str(p)!r}: the file is corrupt or not a "
-                              f"PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+                              f"PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                              + (f"; readable beside it: {others}" if others else "")) from exc
     if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
         raise CheckpointError(f"{str(p)!r} is not an eqdeq checkpoint: expected a dict with keys {list(REQUIRED_KEYS)}")
     if not isinstance(payload["config"], dict):
@@ -71,6 +73,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
+def readable_beside(path: str | os.PathLike) -> list[tuple[Path, int]]:
+    """The other readable checkpoints (``*.pt``) in ``path``'s folder, as ``(file, step)``, most steps first.
+
+    What to offer when ``path`` cannot be read: in a run's ``checkpoints/``, ``best.pt`` (which
+    may be older than ``last.pt``).
+    """
+    found = []
+    for other in sorted(Path(path).parent.glob("*.pt")):
+        if other == Path(path):
+            continue
+        try:
+            payload = torch.load(other, map_location="cpu", weights_only=True)
+            found.append((other, int(payload["step"])))
+        except Exception:  # unreadable too: nothing to offer
+            continue
+    return sorted(found, key=lambda item: -item[1])
+
+
 def model_state(deq: DEQ) -> dict[str, torch.Tensor]:
     """``deq.state_dict()`` without the physics' buffers (rebuilt from the config, never learned)."""
     prefixes = tuple(f"{name}." for name, m in deq.named_modules() if isinstance(m, LinearPhysics) and name)
@@ -78,7 +98,18 @@ def model_state(deq: DEQ) -> dict[str, torch.Tensor]:
 
 
 def load_model_state(deq: DEQ, state: dict[str, torch.Tensor]) -> None:
-    """Load a :func:`model_state` dict; every learned tensor must be present and match."""
+    """Load a :func:`model_state` dict; every learned tensor must be present and of the same shape.
+
+    Raises ``ValueError`` naming the missing, unexpected or differently shaped parameters.
+    """
+    own = deq.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if shapes:
+        more = f" and {len(shapes) - 3} more" if len(shapes) > 3 else ""
+        raise ValueError(f"checkpoint does not match the model built from the config: parameter shapes differ "
+                         f"(checkpoint vs config) for {', '.join(shapes[:3])}{more} "
+                         "(was it trained with another model / map, e.g. model.width or model.depth?)")
     missing, unexpected = deq.load_state_dict(state, strict=False)
     learned = set(model_state(deq))
     missing = [k for k in missing if k in learned]

@@ -48,6 +48,8 @@ def _ssim_window(img_size: int) -> int:
 
 IMAGE_METRICS = ("psnr", "ssim", "psnr_init", "ssim_init")
 MEASUREMENT_METRICS = ("meas_error", "meas_psnr", "meas_error_init", "meas_psnr_init")
+#: What ``trainer.monitor`` may name: every metric :func:`evaluate` returns for some split.
+MONITOR_METRICS = (*IMAGE_METRICS, *MEASUREMENT_METRICS, "iters_mean", "residual_mean", "converged_frac")
 
 
 @torch.no_grad()

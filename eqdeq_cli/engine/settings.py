@@ -96,6 +96,11 @@ class TrainerSettings:
                 raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"trainer.max_minutes must be > 0 or null, got {self.max_minutes}")
+        from .evaluate import MONITOR_METRICS  # here: evaluate imports this module
+
+        if self.monitor not in MONITOR_METRICS:
+            raise ValueError(f"trainer.monitor={self.monitor!r} is not an evaluation metric; valid: "
+                             f"{', '.join(MONITOR_METRICS)}")
         if self.monitor_mode not in ("max", "min"):
             raise ValueError(f"trainer.monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
         if self.optimizer is None or self.scheduler is None:

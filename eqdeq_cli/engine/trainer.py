@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
-from hydra.utils import instantiate
 
 from ..data import TensorDictDataset
 from ..deq import DEQ
@@ -37,6 +36,7 @@ from .evaluate import EvalResult, evaluate_and_record
 from .logs import MetricsCSV, TensorBoard, format_metrics, progress_bar
 from ..analysis.contraction import spectral_norm_per_sample
 from .metrics import PSNR_CAP_DB, compared_images, psnr
+from .optimizers import build_optimizer, build_scheduler
 from .rng import capture_rng_state, data_order, restore_rng_state
 from .settings import EvalSettings, TrainerSettings
 
@@ -111,12 +111,13 @@ class Trainer:
         self.rank_rows = rank_slice(settings.batch_size, self.dist.rank, self.dist.world_size)
         self.dist.broadcast_parameters(deq.parameters())
         self.params = [p for p in deq.parameters() if p.requires_grad]
-        self.optimizer = instantiate(settings.optimizer)(self.params)
-        self.scheduler = instantiate(settings.scheduler)(self.optimizer, max_steps=settings.max_steps)
+        self.optimizer = build_optimizer(settings.optimizer, self.params)
+        self.scheduler = build_scheduler(settings.scheduler, self.optimizer, settings.max_steps)
         self.loss_generator = torch.Generator(device="cpu").manual_seed(self.seed + 7919)
         self.step = 0
         self.bad_steps = 0
         self.train_time_s = 0.0
+        self.time_capped = False  # fit() ended at trainer.max_minutes before max_steps
         self.best: dict[str, float | int | None] = {"value": None, "step": None}
         self.lipschitz: float | None = None  # the latest contraction estimate (measure_contraction)
         self.fallbacks_total = 0
@@ -334,7 +335,8 @@ class Trainer:
     def fit(self) -> str:
         """Train up to ``max_steps`` (or the time cap, or a stop request).
 
-        Returns ``"completed"`` or ``"stopped"`` (stop request; ``last.pt`` written).
+        Returns ``"completed"`` or ``"stopped"`` (stop request; ``last.pt`` written). A run ended
+        by the time cap is ``"completed"`` with :attr:`time_capped` set.
         Raises :class:`~eqdeq_cli.errors.TrainingDivergedError` after ``max_bad_steps``
         consecutive non-finite steps, leaving the last good checkpoint in place.
         """
@@ -355,6 +357,7 @@ class Trainer:
                     break
                 if out_of_time:
                     log.info("trainer.max_minutes=%s reached at step %d", s.max_minutes, self.step)
+                    self.time_capped = True
                     break
                 numbers = self.train_step()
                 self.train_time_s = time.perf_counter() - start

@@ -21,6 +21,8 @@ from typing import IO, Mapping
 from ..errors import UserError
 
 LOCK_FILE = ".lock"
+#: What a run leaves in its directory; a directory holding any of them holds a run.
+RUN_MARKERS = (".hydra", "status.json", "metrics.json", "checkpoints")
 RESOLVER = "eqdeq_run_stamp"
 
 
@@ -57,6 +59,33 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver(RESOLVER, lambda: run_stamp(), use_cache=True, replace=True)
 
 
+def holds_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds (part of) a run: any of :data:`RUN_MARKERS`."""
+    return any((Path(run_dir) / name).exists() for name in RUN_MARKERS)
+
+
+class RunDirectoryNotWritable(UserError):
+    """The run directory cannot be created or written (read-only file system, permissions)."""
+
+
+def check_writable(run_dir: str | os.PathLike, key: str = "hydra.run.dir") -> None:
+    """Create ``run_dir`` if needed and write (then remove) a file in it.
+
+    Raises :class:`RunDirectoryNotWritable` naming the directory, the reason (``Read-only file
+    system``, ``Permission denied``, ...) and ``key``, the setting that chooses it.
+    """
+    run_dir = Path(run_dir)
+    probe = run_dir / f".write-test-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise RunDirectoryNotWritable(f"cannot write in the run directory {run_dir} ({reason}): choose a writable "
+                                      f"{key}") from None
+
+
 class RunDirectoryInUse(UserError):
     """Another process holds the run directory's lock."""
 
@@ -70,7 +99,7 @@ def hold_run_dir(run_dir: str | os.PathLike) -> IO[str]:
     import fcntl
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
     handle = open(run_dir / LOCK_FILE, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

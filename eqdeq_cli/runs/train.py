@@ -9,75 +9,75 @@ import logging
 import math
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from ..analysis import check_group
 from ..components import build_components
-from ..engine.checkpoint import load_checkpoint, resolve_checkpoint_path
 from ..engine.distributed import Distributed
 from ..engine.evaluate import evaluate_and_record
 from ..engine.logs import format_metrics
 from ..engine.rng import seed_everything
 from ..engine.settings import eval_settings, resolve_device, trainer_settings
 from ..engine.trainer import StepCallback, Trainer
-from ..errors import UserError
+from ..errors import CheckpointError
 from ..trust import TrustedTargets, check_saved_config, resolved_saved_config
 from ..utils.files import write_json
 from .restore import measurement_sets
+from .resume import check_resume_value, check_same_experiment, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
-RESUME_CHOICES = ("auto", "never")
 
+def _read_resume_checkpoint(cfg: DictConfig, run_dir: Path, config: dict[str, Any],
+                            device: Any) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to resume from (:mod:`eqdeq_cli.runs.resume`), or ``None`` for a new run.
 
-def _resume_source(resume: str, run_dir: Path) -> Path | None:
-    if resume == "never":
-        held = [name for name in ("checkpoints/last.pt", "metrics.json") if (run_dir / name).is_file()]
-        if held:
-            raise UserError(f"resume=never, but {run_dir} already holds a run ({', '.join(held)}): choose another "
-                            "hydra.run.dir for a new run, or resume=auto to continue this one")
+    Its saved config is not built (``cfg`` is), but it is held to the same trust as in ``eqdeq
+    eval`` before anything is built (a checkpoint naming foreign code is refused whatever it is
+    used for), and it must be the same experiment as ``config``.
+    """
+    found = resume_checkpoint(str(cfg.resume), run_dir, device)
+    if found is None:
         return None
-    if resume == "auto":
-        last = run_dir / "checkpoints" / "last.pt"
-        return last if last.is_file() else None
-    return resolve_checkpoint_path(resume)
-
-
-def _read_resume_checkpoint(source: Path, cfg: DictConfig, device: Any) -> dict[str, Any]:
-    """The checkpoint to resume from. Its saved config is not built (``cfg`` is), but it is
-    held to the same trust as in ``eqdeq eval``, before anything is built: a checkpoint
-    naming foreign code is refused whatever it is used for."""
-    checkpoint = load_checkpoint(source, map_location=device)
-    check_saved_config(resolved_saved_config(checkpoint["config"], str(source)), TrustedTargets.for_command(cfg),
-                       str(source))
-    return checkpoint
+    source, checkpoint = found
+    saved = resolved_saved_config(checkpoint["config"], str(source))
+    check_saved_config(saved, TrustedTargets.for_command(cfg), str(source))
+    check_same_experiment(saved, config, source, str(cfg.resume))
+    return found
 
 
 def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallback] = (),
-          stop_event: threading.Event | None = None, dist: Distributed | None = None) -> dict[str, Any]:
+          stop_event: threading.Event | None = None, dist: Distributed | None = None,
+          on_accepted: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says, writing the output contract into ``run_dir``.
 
     Returns the final test metrics (also written to ``metrics.json``), or
     ``{"status": "stopped", "step": n}`` when a stop was requested (``stop_event`` set,
     or a callback called ``trainer.request_stop()``). ``dist``: this process's place
     among several training processes (all ranks call ``train`` with the same
-    ``run_dir``; rank 0 writes the files).
+    ``run_dir``; rank 0 writes the files). ``on_accepted``: called once the run directory is
+    known to be this run's (a new run, or the same experiment resumed), before anything is
+    written there; a refused directory (:class:`~eqdeq_cli.runs.resume.ResumeRefused`, an
+    unreadable checkpoint) is left as it was.
+
+    A run stopped by the time cap (``trainer.max_minutes``) is evaluated and completed as
+    usual; ``metrics.json`` and the summary then hold ``time_cap`` (see :func:`time_cap_record`).
     """
     dist = dist or Distributed()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if str(cfg.resume) not in RESUME_CHOICES and not Path(str(cfg.resume)).expanduser().exists():
-        raise ValueError(f"resume={cfg.resume!r}: use auto, never, or the path of a checkpoint or run directory")
+    check_resume_value(str(cfg.resume))
     settings = trainer_settings(cfg.trainer)
     es = eval_settings(cfg.evaluation)
     device = dist.place(resolve_device(settings.device))
     config = OmegaConf.to_container(cfg, resolve=True)
     log.info("run directory: %s", run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True), extra={"file_only": True})
-    source = _resume_source(str(cfg.resume), run_dir)
-    checkpoint = _read_resume_checkpoint(source, cfg, device) if source is not None else None
+    found = _read_resume_checkpoint(cfg, run_dir, config, device)
+    if on_accepted is not None:
+        on_accepted()
 
     seed_everything(int(cfg.seed))
     comps = build_components(cfg)
@@ -92,8 +92,12 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
                       train_data=sets["train"], val_data=sets["val"], settings=settings, eval_settings=es,
                       run_dir=run_dir, seed=int(cfg.seed), config=config, device=device, callbacks=tuple(callbacks),
                       dist=dist, stop_event=stop_event)
-    if checkpoint is not None:
-        trainer.load_state_dict(checkpoint)
+    if found is not None:
+        source, checkpoint = found
+        try:
+            trainer.load_state_dict(checkpoint)
+        except ValueError as exc:
+            raise CheckpointError(f"{source}: {exc}") from exc
         log.info("resumed from %s at step %d", source, trainer.step)
     try:
         status = trainer.fit()
@@ -104,6 +108,8 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
                                      progress=settings.progress, extra=trainer.contraction_metrics())
         summary = {**result.metrics, "split": "test", "step": trainer.step, "steps": trainer.step,
                    "train_time_s": round(trainer.train_time_s, 3), "best_val": trainer.best, "status": status}
+        if trainer.time_capped:
+            summary["time_cap"] = time_cap_record(trainer.step, settings.max_steps, settings.max_minutes)
         if dist.is_main:
             write_json(run_dir / "metrics.json", summary)
         if trainer.tb is not None:
@@ -111,9 +117,18 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
                                                if k in result.metrics})
         log.info("test: %s (trained %d steps in %.1f s)", format_metrics(result.metrics), trainer.step,
                  trainer.train_time_s)
+        if trainer.time_capped:
+            log.warning("%s: these metrics are of step %d; to train on, raise trainer.max_minutes (or set it to "
+                        "null) and run the same command again", summary["time_cap"], trainer.step)
         return summary
     finally:
         trainer.close()
+
+
+def time_cap_record(step: int, max_steps: int, max_minutes: float | None) -> str:
+    """``"stopped at the time cap (trainer.max_minutes=8) at step 78 of 400"``: the ``time_cap``
+    field of ``metrics.json`` and ``status.json`` of a run the cap ended early."""
+    return f"stopped at the time cap (trainer.max_minutes={max_minutes:g}) at step {step} of {max_steps}"
 
 
 def monitored_value(cfg: DictConfig, summary: dict[str, Any]) -> float | None:

@@ -27,6 +27,8 @@ class JobResult:
     (without Hydra's ``+``/``++``/``~`` prefix) to its value as typed on the command line;
     ``status`` is ``"ok"``, ``"failed"`` (a failure marker or unreadable metrics) or
     ``"incomplete"`` (no ``metrics.json`` yet: running, preempted or killed); ``error`` says why.
+    ``time_cap``: the ``time_cap`` note of ``metrics.json`` when ``trainer.max_minutes`` ended
+    the training before ``trainer.max_steps`` (its metrics are of fewer steps), else ``None``.
     """
 
     path: str
@@ -35,6 +37,7 @@ class JobResult:
     metrics: dict[str, float]
     status: str
     error: str | None = None
+    time_cap: str | None = None
 
 
 def find_job_dirs(root: Path) -> list[Path]:
@@ -91,6 +94,7 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
             errors.insert(0, str(marker.get("error") or "failed (no error message)"))
 
     metrics: dict[str, float] = {}
+    time_cap = None
     metrics_file = job_dir / "metrics.json"
     if not metrics_file.is_file():
         if status == "ok":
@@ -100,7 +104,9 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
             status = "incomplete"
     else:
         try:
-            metrics = flatten_metrics(json.loads(metrics_file.read_text()))
+            raw = json.loads(metrics_file.read_text())
+            metrics = flatten_metrics(raw)
+            time_cap = raw.get("time_cap") if isinstance(raw.get("time_cap"), str) else None
         except (json.JSONDecodeError, ValueError) as exc:
             status = "failed"
             errors.append(f"unreadable metrics.json: {exc}")
@@ -115,6 +121,7 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
         metrics=metrics if status == "ok" else {},
         status=status,
         error="; ".join(errors) if status != "ok" else None,
+        time_cap=time_cap if status == "ok" else None,
     )
 
 

@@ -20,6 +20,11 @@ with ``std = 0`` in the CSV (and ``–`` in Markdown) when ``n = 1``. A job with
 readable ``metrics.json`` (still running, preempted, killed) or with a failure marker is
 counted under ``failures``; it does not stop the collection.
 
+A job whose training the time cap (``trainer.max_minutes``) ended before ``trainer.max_steps``
+counts as done, but is marked: a ``time_capped`` column (the number of such jobs in the group,
+or the job's note in ``PREFIX_jobs.csv``) and a list under the Markdown table. These columns
+appear only when some job was capped.
+
 Outputs (``--out PREFIX``, default ``DIR/results``): ``PREFIX.csv`` (one row per group),
 ``PREFIX.md`` (the same as a Markdown table, followed by the list of failed jobs) and
 ``PREFIX_jobs.csv`` (one row per job). With ``--figure``, also the method comparison of
@@ -65,6 +70,8 @@ class GroupRow:
     n: int
     failures: int
     summaries: dict[str, Summary]
+    #: Jobs of the group (among the ``n``) that the time cap stopped before ``max_steps``.
+    time_capped: int = 0
 
 
 @dataclass
@@ -84,16 +91,22 @@ class SweepTable:
     def failed(self) -> list[JobResult]:
         return [j for j in self.jobs if j.status != "ok"]
 
+    @property
+    def time_capped(self) -> list[JobResult]:
+        """The jobs whose training stopped at the time cap (their metrics are of fewer steps)."""
+        return [j for j in self.jobs if j.time_cap]
+
     def write_csv(self, path: str | Path) -> None:
         """One row per group: group keys, ``n``, ``failures``, then ``<metric>_mean``, ``<metric>_std``."""
-        header = [*self.group_keys, "n", "failures"]
+        capped = bool(self.time_capped)
+        header = [*self.group_keys, "n", "failures", *(["time_capped"] if capped else [])]
         for m in self.metrics:
             header += [f"{m}_mean", f"{m}_std"]
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(header)
             for row in self.rows:
-                cells: list[Any] = [*row.values, row.n, row.failures]
+                cells: list[Any] = [*row.values, row.n, row.failures, *([row.time_capped] if capped else [])]
                 for m in self.metrics:
                     s = row.summaries.get(m)
                     if s is None:
@@ -107,7 +120,8 @@ class SweepTable:
         keys: list[str] = []
         for job in self.jobs:
             keys += [k for k in job.overrides if k not in keys]
-        header = ["job", "status", *keys, *self.metrics, "error"]
+        capped = bool(self.time_capped)
+        header = ["job", "status", *keys, *self.metrics, "error", *(["time_cap"] if capped else [])]
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(header)
@@ -117,6 +131,7 @@ class SweepTable:
                     + [job.overrides.get(k, "") for k in keys]
                     + [repr(job.metrics[m]) if m in job.metrics else "" for m in self.metrics]
                     + [job.error or ""]
+                    + ([job.time_cap or ""] if capped else [])
                 )
 
     def to_markdown(self) -> str:
@@ -126,18 +141,22 @@ class SweepTable:
             fixed = " ".join(f"`{k}={v}`" for k, v in self.fixed.items())
             lines += [f"Common overrides: {fixed}", ""]
         shown = self.metrics if self.shown is None else self.shown
-        header = [*self.group_keys, "n", "failures", *shown]
-        align = ["---"] * len(self.group_keys) + ["---:"] * (2 + len(shown))
+        capped = ["time_capped"] if self.time_capped else []
+        header = [*self.group_keys, "n", "failures", *capped, *shown]
+        align = ["---"] * len(self.group_keys) + ["---:"] * (2 + len(capped) + len(shown))
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(align) + "|")
         for row in self.rows:
-            cells = [*row.values, str(row.n), str(row.failures)]
+            cells = [*row.values, str(row.n), str(row.failures), *([str(row.time_capped)] if capped else [])]
             cells += [format_summary(row.summaries.get(m)) for m in shown]
             lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
         if self.failed:
             lines += ["", f"Failed or incomplete jobs ({len(self.failed)}):", ""]
             for job in self.failed:
                 lines.append(f"- `{job.path}` ({job.status}): {job.error}")
+        if self.time_capped:
+            lines += ["", f"Stopped at the time cap, metrics of fewer steps ({len(self.time_capped)}):", ""]
+            lines += [f"- `{job.path}`: {job.time_cap}" for job in self.time_capped]
         return "\n".join(lines) + "\n"
 
 
@@ -228,7 +247,8 @@ def collect(
             if vals:
                 summaries[m] = _summarise(vals)
         table.rows.append(
-            GroupRow(values=value, n=len(ok), failures=len(members) - len(ok), summaries=summaries)
+            GroupRow(values=value, n=len(ok), failures=len(members) - len(ok), summaries=summaries,
+                     time_capped=sum(1 for j in ok if j.time_cap))
         )
     return table
 

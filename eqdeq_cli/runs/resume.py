@@ -1,0 +1,182 @@
+"""Where a training run continues from, and whether it may continue from there.
+
+``resume`` of ``configs/train.yaml``:
+
+* ``auto``: the run directory's own checkpoint, ``checkpoints/last.pt``. When that file cannot
+  be read (truncated by a full disk or a copy cut short), the readable checkpoint of the
+  directory with the most steps (``best.pt``, which may be older) is used instead, with a
+  warning naming the bad file; the run then retrains the steps in between, exactly as it
+  trained them the first time. No checkpoint: a new run.
+* ``never``: a new run; refused in a directory that already holds one.
+* a path (a ``.pt`` file or a run directory): where a *new* run starts. Once the run
+  directory has a checkpoint of its own, that one wins, so rerunning the same command (a
+  SLURM requeue) continues the run rather than starting it again from the path.
+
+A checkpoint is resumed only if it belongs to the same experiment
+(:func:`check_same_experiment`): every config key but :data:`RESUMABLE_KEYS` must be as it
+was saved in the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..engine.checkpoint import load_checkpoint, resolve_checkpoint_path
+from ..errors import CheckpointError, UserError
+
+log = logging.getLogger(__name__)
+
+RESUME_CHOICES = ("auto", "never")
+
+#: Config keys (and their subtrees) that may differ from the checkpoint's when a run is resumed:
+#: how long it trains (``max_steps``, the time cap), where and how it runs (device,
+#: compilation), how often it logs, validates and checkpoints, how evaluation is batched and
+#: how many images it saves, where data is cached, and the command's own keys. Every other key
+#: defines the experiment (data, physics, group, model, map, solvers, gradient mode, loss,
+#: optimizer, schedule, batch size, seeds, precision, monitored metric) and must match.
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "task", "resume", "trust",
+    "trainer.max_steps", "trainer.max_minutes", "trainer.max_bad_steps",
+    "trainer.device", "trainer.compile", "trainer.progress", "trainer.tensorboard",
+    "trainer.log_every", "trainer.eval_every", "trainer.checkpoint_every",
+    "trainer.contraction_every", "trainer.contraction_iters",
+    "evaluation.batch_size", "evaluation.n_images", "data.cache_dir",
+)
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+#: The files that make a directory hold a run (``resume=never`` refuses it).
+RUN_FILES = (f"{CHECKPOINTS}/{LAST}", "metrics.json")
+
+
+class ResumeRefused(UserError):
+    """The run directory holds a run that this command may not continue (or overwrite)."""
+
+
+def check_resume_value(resume: str) -> None:
+    """Raises ``ValueError`` unless ``resume`` is ``auto``, ``never`` or an existing path."""
+    if resume not in RESUME_CHOICES and not Path(resume).expanduser().exists():
+        raise ValueError(f"resume={resume!r}: use auto, never, or the path of a checkpoint or run directory")
+
+
+def resume_checkpoint(resume: str, run_dir: Path, device: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """``(path, payload)`` of the checkpoint a run in ``run_dir`` continues from, or ``None`` for a new run.
+
+    See the module docstring for the rules. Raises :class:`ResumeRefused` for ``resume=never``
+    in a directory holding a run, and :class:`~eqdeq_cli.errors.CheckpointError` when the run
+    directory has checkpoints but none can be read, or the path cannot be read.
+    """
+    if resume == "never":
+        held = [name for name in RUN_FILES if (run_dir / name).is_file()]
+        if held:
+            raise ResumeRefused(f"resume=never, but {run_dir} already holds a run ({', '.join(held)}): choose another "
+                                "hydra.run.dir for a new run, or resume=auto to continue this one")
+        return None
+    own = own_checkpoint(run_dir, device)
+    if own is not None or resume == "auto":
+        if own is not None and resume != "auto":
+            log.info("resume=%s is where this run started; it has its own checkpoint now: continuing from %s",
+                     resume, own[0])
+        return own
+    source = resolve_checkpoint_path(resume)
+    return source, load_checkpoint(source, map_location=device)
+
+
+def own_checkpoint(run_dir: Path, device: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint of ``run_dir/checkpoints``: ``last.pt``, or, when it cannot be
+    read, the readable ``*.pt`` with the most steps (warning naming the bad file). ``None``
+    when there is no checkpoint; :class:`~eqdeq_cli.errors.CheckpointError` when none is readable."""
+    folder = run_dir / CHECKPOINTS
+    files = sorted(folder.glob("*.pt"), key=lambda p: (p.name != LAST, p.name)) if folder.is_dir() else []
+    readable: list[tuple[Path, dict[str, Any]]] = []
+    bad: list[tuple[Path, str]] = []
+    for path in files:
+        try:
+            payload = load_checkpoint(path, map_location=device)
+        except CheckpointError as exc:
+            bad.append((path, str(exc)))
+            continue
+        if path.name == LAST:
+            return path, payload
+        readable.append((path, payload))
+    if not readable:
+        if bad:
+            raise CheckpointError(f"{bad[0][1]}; no other readable checkpoint in {folder}: move the damaged "
+                                  "file(s) away to train this run again from the start, or choose another "
+                                  "hydra.run.dir")
+        return None
+    path, payload = max(readable, key=lambda item: int(item[1]["step"]))
+    for _, reason in bad:
+        log.info("%s", reason, extra={"file_only": True})
+    problem = f"{bad[0][0]} cannot be read (truncated or corrupt)" if bad else f"{folder / LAST} is missing"
+    log.warning("%s: resuming from %s (step %d) instead, the newest readable checkpoint; the damaged file is "
+                "replaced at the next checkpoint", problem, path, int(payload["step"]))
+    return path, payload
+
+
+def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], source: Path, resume: str) -> None:
+    """Raises :class:`ResumeRefused` when ``config`` (the new run's, resolved) and ``saved`` (the
+    checkpoint's) differ in a key outside :data:`RESUMABLE_KEYS`; the message names the keys
+    (at most 6), with the saved and the new value."""
+    diffs = config_differences(saved, config)
+    if not diffs:
+        return
+    more = f" and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+    if resume == "auto":
+        todo = ("run the same command as the run did (its .hydra/overrides.yaml) to continue it, or choose "
+                "another hydra.run.dir for a new run")
+    else:
+        todo = (f"resume={resume} continues that run's experiment; start a new experiment without resume=, "
+                "or in another hydra.run.dir")
+    raise ResumeRefused(f"cannot resume {source}: it was trained with other settings (checkpoint → now: "
+                        f"{'; '.join(diffs[:6])}{more}): {todo}. Only run length, device, logging and "
+                        "checkpoint cadence may change on resume (see README, Resuming)")
+
+
+def config_differences(saved: Any, new: Any, path: str = "") -> list[str]:
+    """``"key: saved → new"`` for every difference between two plain configs outside
+    :data:`RESUMABLE_KEYS`; a node whose ``_target_`` changed is one difference (its class)."""
+    if _resumable(path):
+        return []
+    if isinstance(saved, Mapping) and isinstance(new, Mapping):
+        if path and saved.get("_target_") != new.get("_target_"):
+            return [f"{path}: {_short(saved.get('_target_'))} → {_short(new.get('_target_'))}"]
+        out: list[str] = []
+        for key in [*new, *(k for k in saved if k not in new)]:
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in saved or key not in new:
+                if not _resumable(sub):
+                    out.append(f"{sub}: {_show(saved.get(key, _ABSENT))} → {_show(new.get(key, _ABSENT))}")
+                continue
+            out += config_differences(saved[key], new[key], sub)
+        return out
+    if _same_value(saved, new):
+        return []
+    return [f"{path}: {_show(saved)} → {_show(new)}"]
+
+
+_ABSENT = object()
+
+
+def _resumable(path: str) -> bool:
+    return any(path == key or path.startswith(f"{key}.") for key in RESUMABLE_KEYS)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(not config_differences(x, y) for x, y in zip(a, b))
+    return a == b and type(a) is type(b) or (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                                              and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
+
+
+def _short(target: Any) -> str:
+    return "(none)" if target is None else str(target).rsplit(".", 1)[-1]
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
