@@ -23,8 +23,8 @@ From the volume to images ``(1, img_size, img_size)``:
 two of them are near duplicates. The kept slices are cut into blocks of ``block_size``
 consecutive slices; ``round(val_fraction · n_blocks)`` of them go to ``val`` and
 ``round(test_fraction · n_blocks)`` to ``test`` (at least one each when the fraction is
-positive), spread evenly along the head (alternately test, val, …) so that each split
-sees every level of the brain; the others go to ``train``. Then ``gap`` slices are
+positive), spread evenly along the head (alternately test, val, …) so that held-out
+slices come from several levels of the brain; the others go to ``train``. Then ``gap`` slices are
 dropped at every boundary between two splits (from the train side, else from the later
 block), so any two slices in different splits are more than ``gap`` mm apart. The split
 is a fixed function of these parameters: no seed.
