@@ -179,7 +179,7 @@ def test_physics_config_builds(name, cls, channels, noise):
 
 def test_physics_config_defaults():
     ct = instantiate(_compose(["+physics=ct", "+data.img_size=16", "+data.channels=1"]).physics)
-    assert ct.n_views == 50 and ct.n_detectors == 23 and ct.fbp_filter == "ram-lak"
+    assert ct.n_views == 25 and ct.n_detectors == 23 and ct.fbp_filter == "ram-lak"
     assert isinstance(ct.noise, GaussianNoise) and ct.noise.sigma == pytest.approx(0.002)
     mri = instantiate(_compose(["+physics=mri", "+data.img_size=50", "+data.channels=1"]).physics)
     assert mri.acceleration == pytest.approx(4.0, rel=0.05) and mri.mask_source == "random"

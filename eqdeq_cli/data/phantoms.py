@@ -1,4 +1,6 @@
-r"""Random-ellipse phantoms (Shepp-Logan style), generated once and cached as HDF5.
+r"""Built-in random phantoms, generated once and cached as HDF5: random ellipses (Shepp-Logan
+style, ``kind="ellipses"``, below) or anatomy-like images (``kind="anatomy"``, see
+:mod:`eqdeq_cli.data.anatomy`).
 
 Each image lives on the square :math:`[-1, 1]^2` sampled at pixel centres and is a sum
 of indicator functions of ellipses,
@@ -35,11 +37,12 @@ import numpy as np
 import torch
 
 from ..utils.files import atomic_path
+from .anatomy import random_anatomy_phantoms
 from .base import SPLITS, DataSource, TensorDictDataset, check_split_name, default_cache_dir
 
 log = logging.getLogger(__name__)
 
-#: Bump whenever the generator's output changes, so stale cache files are not reused.
+#: Bump whenever a generator's output changes (either kind), so stale cache files are not reused.
 GENERATOR_VERSION = 1
 
 _MAX_FEATURES = 10
@@ -116,13 +119,18 @@ def random_ellipse_phantoms(n: int, img_size: int, channels: int, rng: np.random
     return out
 
 
+#: The phantom families: ``kind`` → generator ``(n, img_size, channels, rng) -> (n, C, H, W)``.
+GENERATORS = {"ellipses": random_ellipse_phantoms, "anatomy": random_anatomy_phantoms}
+
+
 def _split_rng(seed: int, split: str) -> np.random.Generator:
     """An independent stream per (seed, split): ``SeedSequence(seed, spawn_key=(index,))``."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split),)))
 
 
 class PhantomData(DataSource):
-    """Random-ellipse phantoms with disjoint, seeded train / val / test splits.
+    """Random phantoms of one family (``kind``: ``"ellipses"`` or ``"anatomy"``) with disjoint,
+    seeded train / val / test splits.
 
     The three splits are generated once per parameter set and stored as one HDF5 file
     ``phantoms-v<version>-<img_size>px-<hash>.h5`` in ``cache_dir`` (default
@@ -141,7 +149,11 @@ class PhantomData(DataSource):
     has_measurements = False
 
     def __init__(self, *, img_size: int = 64, channels: int = 1, n_train: int = 256, n_val: int = 32,
-                 n_test: int = 32, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> None:
+                 n_test: int = 32, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                 kind: str = "ellipses") -> None:
+        if kind not in GENERATORS:
+            raise ValueError(f"unknown data.kind={kind!r}; valid kinds are {', '.join(map(repr, GENERATORS))}")
+        self.kind = kind
         if int(img_size) < 8:
             raise ValueError(f"img_size must be an integer >= 8, got {img_size!r}")
         if int(channels) < 1:
@@ -163,7 +175,8 @@ class PhantomData(DataSource):
     # -- cache -----------------------------------------------------------------
     def generation_params(self) -> dict:
         """Every parameter that determines the generated images (hashed into the file name)."""
-        return {"generator_version": GENERATOR_VERSION, "img_size": self.img_size, "channels": self.channels,
+        return {"generator_version": GENERATOR_VERSION, "kind": self.kind, "img_size": self.img_size,
+                "channels": self.channels,
                 "seed": self.seed, "n_train": self.counts["train"], "n_val": self.counts["val"],
                 "n_test": self.counts["test"]}
 
@@ -183,8 +196,8 @@ class PhantomData(DataSource):
             except (OSError, KeyError, ValueError) as err:
                 log.warning("Cached phantom file %s is unreadable (%s); regenerating", self.cache_path, err)
         log.info("Generating phantoms %s into %s", self.generation_params(), self.cache_path)
-        arrays = {s: random_ellipse_phantoms(self.counts[s], self.img_size, self.channels, _split_rng(self.seed, s))
-                  for s in SPLITS}
+        generate = GENERATORS[self.kind]
+        arrays = {s: generate(self.counts[s], self.img_size, self.channels, _split_rng(self.seed, s)) for s in SPLITS}
         self._write_atomic(arrays)
         return {s: torch.from_numpy(v) for s, v in arrays.items()}
 
