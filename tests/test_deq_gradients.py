@@ -327,3 +327,24 @@ def test_hqs_uses_closed_form_prox_and_its_fixed_point_satisfies_the_definition(
         # The proximal map by the generic conjugate-gradient route of the base class.
         prox = LinearPhysics.prox_data(physics, x, y, 0.5, n_iter=200, tol=1e-14)
         torch.testing.assert_close(fmap.denoiser(prox), x, rtol=1e-8, atol=1e-8)
+
+
+def test_implicit_gradient_under_bf16_autocast_stays_close_to_float32():
+    # The network runs in bfloat16 under autocast; the solves (forward and backward) run in
+    # float32, so the gradient differs from the float32 one only by the map's own rounding.
+    fmap, physics, y = make_problem()
+    physics = DenseMatrixPhysics(physics.matrix.float(), img_shape=(1, 8, 8))
+    fmap = ProxGradMap(fmap.denoiser.float(), physics)
+    y = y.float().requires_grad_()
+    w = torch.randn(y.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    solver = functools.partial(anderson_solve, max_iter=100, tol=1e-5)
+    grads = {}
+    for amp in (False, True):
+        deq = make_deq(fmap, "implicit", forward_solver=solver)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = generic_loss(deq, y, physics, w)
+        grads[amp] = gradients(loss, fmap, y)
+        assert deq.last_stats.backward[0].residual.max() < 1e-3
+    for a, b in zip(grads[True], grads[False]):
+        assert a.dtype == torch.float32
+        assert float((a - b).norm() / b.norm()) < 2e-2

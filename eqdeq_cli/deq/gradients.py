@@ -96,16 +96,18 @@ class _ImplicitBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         fz, z_leaf = ctx.fz, ctx.z_leaf
+        # A half-precision output (a map run under autocast) still gets a float32 solve.
+        g_solve = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
 
         def vjp_map(v: torch.Tensor) -> torch.Tensor:
-            (jtv,) = torch.autograd.grad(fz, z_leaf, v, retain_graph=True)
-            return jtv + g
+            (jtv,) = torch.autograd.grad(fz, z_leaf, v.to(fz.dtype), retain_graph=True)
+            return jtv.to(g_solve.dtype) + g_solve
 
-        v, bstats = ctx.mode.backward_solver(vjp_map, g)
-        v, n_fallback = ctx.mode.accept(v, g, bstats)
+        v, bstats = ctx.mode.backward_solver(vjp_map, g_solve)
+        v, n_fallback = ctx.mode.accept(v, g_solve, bstats)
         ctx.stats.backward.append(bstats)
         ctx.stats.fallbacks.append(n_fallback)
-        return v, None, None, None
+        return v.to(fz.dtype), None, None, None
 
 
 class ImplicitGradient(_FixedPointMode):
