@@ -17,7 +17,9 @@ b_tol=0, f_max_iter=N, b_max_iter=N)`` (Anderson history 5 forward, its default 
 backward). The steps alternate (eqdeq, torchdeq, eqdeq, …) after one warm-up each, so
 load from other jobs hits both alike; the report gives the median time per step and the
 ratio ``torchdeq / eqdeq`` (> 1: eqdeq is faster), with the median of the per-pair
-ratios beside it.
+ratios beside it. Both clocks are reported: wall time, and the CPU time of this process
+(``time.process_time``), which on a machine shared with other jobs is the steadier
+measure of the work a step does when torch runs one thread (``--threads 1``).
 
 torchdeq is a benchmark-only dependency (``pip install 'eqdeq[bench]'``); without it the
 script says so and exits with status 0 after timing eqdeq alone.
@@ -116,28 +118,32 @@ def torchdeq_step_fn(get_deq, fmap: ProxGradMap, physics, y: torch.Tensor, n: in
     return step
 
 
-def interleaved(steps: dict, repeats: int) -> dict[str, list[float]]:
-    """Time each step function ``repeats`` times, alternating between them after one warm-up each."""
+def interleaved(steps: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Time each step function ``repeats`` times, alternating between them after one warm-up
+    each; ``{clock: {name: seconds per step}}`` for the wall and the process CPU clocks."""
     for step in steps.values():
         step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    times: dict[str, dict[str, list[float]]] = {"wall": {n: [] for n in steps}, "cpu": {n: [] for n in steps}}
     for _ in range(repeats):
         for name, step in steps.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             step()
-            times[name].append(time.perf_counter() - t)
+            times["cpu"][name].append(time.process_time() - c)
+            times["wall"][name].append(time.perf_counter() - t)
     return times
 
 
-def report(times: dict[str, list[float]], reference: str) -> None:
-    ref = times[reference]
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        line = f"  {name:22s} median {med:7.3f} s/step  (min {min(ts):.3f}, max {max(ts):.3f})"
-        if name != reference:
-            pair = statistics.median(r / t for r, t in zip(ref, ts))
-            line += f"  {reference}/{name}: x{statistics.median(ref) / med:.2f} (per-pair median x{pair:.2f})"
-        print(line, flush=True)
+def report(times: dict[str, dict[str, list[float]]], reference: str) -> None:
+    for clock, by_name in times.items():
+        print(f" {clock} clock")
+        ref = by_name[reference]
+        for name, ts in by_name.items():
+            med = statistics.median(ts)
+            line = f"  {name:22s} median {med:7.3f} s/step  (min {min(ts):.3f}, max {max(ts):.3f})"
+            if name != reference:
+                pair = statistics.median(r / t for r, t in zip(ref, ts))
+                line += f"  {reference}/{name}: x{statistics.median(ref) / med:.2f} (per-pair median x{pair:.2f})"
+            print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

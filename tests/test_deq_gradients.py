@@ -415,3 +415,15 @@ def test_sample_cache_starts_a_seen_sample_at_its_fixed_point_and_keeps_gradient
     with torch.no_grad():
         cached(y)
     assert cached.last_stats.cache_hits == 0
+
+
+def test_half_precision_start_is_solved_in_float32():
+    # An operator run under autocast may hand back a bfloat16 A†y; the solve iterates in float32.
+    fmap, physics, y = make_problem()
+    physics = DenseMatrixPhysics(physics.matrix.float(), img_shape=(1, 8, 8))
+    fmap = ProxGradMap(fmap.denoiser.float(), physics)
+    fmap.init = lambda y: physics.A_dagger(y).to(torch.bfloat16)
+    deq = make_deq(fmap, "implicit", forward_solver=functools.partial(anderson_solve, max_iter=100, tol=1e-5))
+    z, stats = deq.solve(y.float(), fmap.prepare(y.float()))
+    assert z.dtype == torch.float32
+    assert stats.forward.converged.all()

@@ -184,8 +184,12 @@ class DEQ(nn.Module):
         return super().train(mode)
 
     def _start(self, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """The starting point of a solve, and how many samples came from the sample cache."""
+        """The starting point of a solve, and how many samples came from the sample cache.
+        A half-precision start (an operator run under autocast) is promoted to float32, the
+        precision the solver iterates in."""
         z0 = self.fmap.init(y)
+        if z0.dtype in (torch.float16, torch.bfloat16):
+            z0 = z0.float()
         prev = self._previous
         if self.warm_start and prev is not None and prev.shape == z0.shape \
                 and prev.dtype == z0.dtype and prev.device == z0.device:
