@@ -78,7 +78,8 @@ def run_child(name: str, out: Path, overrides: list[str]) -> None:
     samples = sum(int(c.forward.residual.numel()) for c in calls)
     summary = {"setting": name, "rc": rc, "steps": steps, "calls": len(calls), "fwd_per_step": fwd / steps,
                "bwd_per_step": bwd / steps, "cache_hit_share": hits / max(samples, 1), "wall_s": wall,
-               **{k: metrics.get(k) for k in ("train_time_s", "psnr", "ssim", "psnr_init", "converged_frac", "iters_mean")}}
+               **{k: metrics.get(k) for k in ("train_time_s", "psnr", "ssim", "psnr_init", "converged_frac",
+                                              "iters_mean")}}
     (run_dir / "count.json").write_text(json.dumps(summary))
 
 

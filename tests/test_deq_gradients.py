@@ -385,7 +385,8 @@ def test_fixed_point_cache_returns_a_sample_only_for_its_own_measurements():
     y_mixed = torch.stack([y[2], torch.randn(7, generator=g, dtype=DT), y[0]])
     start, hits = cache.fill(y_mixed, torch.zeros(3, 1, 2, 2, dtype=DT))
     assert hits == 2
-    assert torch.equal(start[0], z[2]) and torch.equal(start[2], z[0]) and torch.equal(start[1], torch.zeros(1, 2, 2, dtype=DT))
+    assert torch.equal(start[0], z[2]) and torch.equal(start[2], z[0])
+    assert torch.equal(start[1], torch.zeros(1, 2, 2, dtype=DT))
     cache.store(torch.randn(3, 7, generator=g, dtype=DT), z)  # 6 entries > capacity 4: the oldest two go
     assert len(cache) == 4
     _, hits = cache.fill(y, torch.zeros(3, 1, 2, 2, dtype=DT))

@@ -169,7 +169,7 @@ class ImplicitGradient(_FixedPointMode):
         if n_bad == 0:
             return v, 0
         if stats.nonfinite:
-            log.warning("implicit backward solve met a non-finite residual after %d iterations; "
+            log.warning("implicit backward solve met a non-finite residual (or diverged) after %d iterations; "
                         "%d sample(s) use the Jacobian-free gradient", stats.iterations, n_bad)
         return torch.where(ok.view((-1,) + (1,) * (v.ndim - 1)), v, g), n_bad
 

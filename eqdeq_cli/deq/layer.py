@@ -204,7 +204,7 @@ class DEQ(nn.Module):
         self._recent.append(stats)
         fw = stats.forward
         if fw.nonfinite:
-            log.warning("DEQ forward solve met a non-finite residual after %d iterations", fw.iterations)
+            log.warning("DEQ forward solve met a non-finite residual (or diverged) after %d iterations", fw.iterations)
 
     def solve(self, y: torch.Tensor, ctx: MapContext, *, record: bool = True) -> tuple[torch.Tensor, DEQStats]:
         """The fixed point ``z*`` of ``z ↦ T(z; y)`` without autograd, and the call's stats.
