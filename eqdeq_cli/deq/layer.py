@@ -41,8 +41,10 @@ class FixedPointCache:
     of ``y_b`` form the key and the stored ``y_b`` is compared exactly before an entry is
     used. Inputs that never recur (the second call of an EI loss, whose measurements are
     re-simulated every step) only pass through: the oldest entries are dropped beyond
-    ``capacity`` and an entry is renewed each time its sample is solved again, so a capacity of twice the
-    number of training samples keeps every training sample of an EI run.
+    ``capacity`` and an entry is renewed each time its sample is solved again. With the data
+    order reshuffled every epoch, a sample can recur up to two epochs later, so an EI run (two
+    solves per sample) keeps every training sample with a capacity of four times the number
+    of training samples (with twice, about half of the first calls found their sample).
 
     Only the starting point changes: the solve still runs to the solver's tolerance, so the
     fixed point is the same up to that tolerance (not bit for bit: a run resumed from a
