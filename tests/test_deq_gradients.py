@@ -327,3 +327,104 @@ def test_hqs_uses_closed_form_prox_and_its_fixed_point_satisfies_the_definition(
         # The proximal map by the generic conjugate-gradient route of the base class.
         prox = LinearPhysics.prox_data(physics, x, y, 0.5, n_iter=200, tol=1e-14)
         torch.testing.assert_close(fmap.denoiser(prox), x, rtol=1e-8, atol=1e-8)
+
+
+def test_implicit_gradient_under_bf16_autocast_stays_close_to_float32():
+    # The network runs in bfloat16 under autocast; the solves (forward and backward) run in
+    # float32, so the gradient differs from the float32 one only by the map's own rounding.
+    fmap, physics, y = make_problem()
+    physics = DenseMatrixPhysics(physics.matrix.float(), img_shape=(1, 8, 8))
+    fmap = ProxGradMap(fmap.denoiser.float(), physics)
+    y = y.float().requires_grad_()
+    w = torch.randn(y.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    solver = functools.partial(anderson_solve, max_iter=100, tol=1e-5)
+    grads = {}
+    for amp in (False, True):
+        deq = make_deq(fmap, "implicit", forward_solver=solver)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = generic_loss(deq, y, physics, w)
+        grads[amp] = gradients(loss, fmap, y)
+        assert deq.last_stats.backward[0].residual.max() < 1e-3
+    for a, b in zip(grads[True], grads[False]):
+        assert a.dtype == torch.float32
+        assert float((a - b).norm() / b.norm()) < 2e-2
+
+
+def test_closed_form_data_step_transpose_equals_autograd():
+    fmap, physics, y = make_problem()
+    ctx = fmap.prepare(y)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(y.shape[0], 1, 8, 8, generator=g, dtype=DT).requires_grad_()
+    w = torch.randn(z.shape, generator=g, dtype=DT)
+    (auto,) = torch.autograd.grad(fmap.data_step(z, ctx), z, w)
+    assert torch.allclose(fmap.data_step_vjp(w), auto, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("loss", ["generic", "ei"])
+def test_closed_form_backward_gives_the_autograd_gradient(loss):
+    fmap, physics, y = make_problem()
+    y = y.requires_grad_()
+    w = torch.randn(y.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=DT)
+    got = {}
+    for closed in (True, False):
+        deq = make_deq(fmap, "implicit", closed_form_vjp=closed)
+        value = generic_loss(deq, y, physics, w) if loss == "generic" else ei_loss(deq, y, physics)
+        got[closed] = gradients(value, fmap, y)
+        assert all(s.converged.all() for s in deq.last_stats.backward)
+    for a, b in zip(got[True], got[False]):
+        assert float((a - b).norm() / b.norm()) < 1e-10
+
+
+def test_fixed_point_cache_returns_a_sample_only_for_its_own_measurements():
+    from eqdeq_cli.deq.layer import FixedPointCache
+
+    g = torch.Generator().manual_seed(5)
+    y, z = torch.randn(3, 7, generator=g, dtype=DT), torch.randn(3, 1, 2, 2, generator=g, dtype=DT)
+    cache = FixedPointCache(4)
+    cache.store(y, z)
+    y_mixed = torch.stack([y[2], torch.randn(7, generator=g, dtype=DT), y[0]])
+    start, hits = cache.fill(y_mixed, torch.zeros(3, 1, 2, 2, dtype=DT))
+    assert hits == 2
+    assert torch.equal(start[0], z[2]) and torch.equal(start[2], z[0])
+    assert torch.equal(start[1], torch.zeros(1, 2, 2, dtype=DT))
+    cache.store(torch.randn(3, 7, generator=g, dtype=DT), z)  # 6 entries > capacity 4: the oldest two go
+    assert len(cache) == 4
+    _, hits = cache.fill(y, torch.zeros(3, 1, 2, 2, dtype=DT))
+    assert hits == 1  # only y[2] survived
+    with pytest.raises(ValueError, match="sample_cache must be an integer >= 1"):
+        FixedPointCache(0)
+
+
+def test_sample_cache_starts_a_seen_sample_at_its_fixed_point_and_keeps_gradients_exact():
+    fmap, physics, y = make_problem()
+    y = y.requires_grad_()
+    w = torch.randn(y.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=DT)
+    plain = make_deq(fmap, "implicit")
+    cached = make_deq(fmap, "implicit", sample_cache=8)
+    ref = gradients(generic_loss(plain, y, physics, w), fmap, y)
+    first = gradients(generic_loss(cached, y, physics, w), fmap, y)
+    n_first = cached.last_stats.forward.iterations
+    assert cached.last_stats.cache_hits == 0
+    again = gradients(generic_loss(cached, y, physics, w), fmap, y)
+    assert cached.last_stats.cache_hits == y.shape[0]
+    assert cached.last_stats.forward.iterations < n_first // 2
+    for a, b, c in zip(first, again, ref):
+        assert float((a - c).norm() / c.norm()) < 1e-9
+        assert float((b - c).norm() / c.norm()) < 1e-9
+    # Evaluation never starts from training solutions.
+    cached.eval()
+    with torch.no_grad():
+        cached(y)
+    assert cached.last_stats.cache_hits == 0
+
+
+def test_half_precision_start_is_solved_in_float32():
+    # An operator run under autocast may hand back a bfloat16 A†y; the solve iterates in float32.
+    fmap, physics, y = make_problem()
+    physics = DenseMatrixPhysics(physics.matrix.float(), img_shape=(1, 8, 8))
+    fmap = ProxGradMap(fmap.denoiser.float(), physics)
+    fmap.init = lambda y: physics.A_dagger(y).to(torch.bfloat16)
+    deq = make_deq(fmap, "implicit", forward_solver=functools.partial(anderson_solve, max_iter=100, tol=1e-5))
+    z, stats = deq.solve(y.float(), fmap.prepare(y.float()))
+    assert z.dtype == torch.float32
+    assert stats.forward.converged.all()

@@ -203,3 +203,84 @@ def test_solver_configs_instantiate(name, func):
         assert stats.iterations <= solver.keywords["max_iter"]
     assert cfg.forward.max_iter == 20 and cfg.forward.tol == 1e-3
     assert cfg.eval.max_iter == 50 and cfg.eval.tol == 1e-4
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_bf16_autocast_leaves_the_solver_arithmetic_in_float32(solve):
+    # Under autocast the map keeps running under it (here its ops stay float32, as
+    # elementwise ops do), but the solver's own inner products and mixing must not drop to
+    # bfloat16: with them in bfloat16 Anderson stalls near a relative residual of 1e-3.
+    c = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def f(z):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return 0.5 * z + c
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, stats = solve(f, torch.zeros(3, 50), max_iter=60, tol=1e-6)
+    assert all(seen) and seen
+    assert z.dtype == torch.float32
+    assert stats.converged.all()
+    assert (z - 2 * c).norm() / (2 * c).norm() < 1e-5
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_bf16_map_output_is_cast_to_the_iterate_dtype(solve):
+    # A map whose matmul autocast runs in bfloat16 returns bfloat16; the iterates stay float32
+    # and the solve reaches what that map's precision allows.
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(20, 20, generator=g)
+    W = 0.5 * W / torch.linalg.matrix_norm(W, 2)
+    c = torch.randn(2, 20, generator=g)
+    z_star = torch.linalg.solve(torch.eye(20) - W, c.T).T
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, stats = solve(lambda z: z @ W.T + c, torch.zeros(2, 20), max_iter=60, tol=1e-2)
+        assert (torch.zeros(2, 20) @ W.T).dtype == torch.bfloat16
+    assert z.dtype == torch.float32
+    assert stats.converged.all()
+    assert (z - z_star).norm() / z_star.norm() < 3e-2
+
+
+def test_singular_anderson_system_takes_a_plain_step_instead_of_raising():
+    # lam = 1e-16 on f(z) = z + d: every residual equals d, so the Gram matrix is exactly
+    # singular in float32 (torch.linalg.solve raised LinAlgError here).
+    d = torch.randn(2, 10, generator=torch.Generator().manual_seed(0))
+    z, stats = anderson_solve(lambda z: z + d, torch.zeros(2, 10), max_iter=50, tol=1e-4, lam=1e-16)
+    assert not stats.converged.any()
+    assert torch.isfinite(z).all()
+
+
+def test_tiny_lam_still_solves_a_contraction():
+    f, z0, z_star = affine_problem()
+    z, stats = anderson_solve(f, z0, max_iter=300, tol=1e-10, lam=1e-16)
+    assert stats.converged.all()
+    assert (z - z_star).norm() / z_star.norm() < 1e-8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lam", [1e-16, 1e-12, 1e-8])
+def test_runaway_iterates_of_a_map_without_fixed_point_are_not_converged(dtype, lam):
+    # f(z) = z + d has no fixed point. Anderson with a tiny lam extrapolated its iterates
+    # to ‖z‖ ≈ 1e8, where ‖d‖ / ‖f(z)‖ (and in float32 even f(z) − z) vanishes, and
+    # reported convergence.
+    d = torch.randn(2, 10, generator=torch.Generator().manual_seed(0)).to(dtype)
+    _, stats = anderson_solve(lambda z: z + d, torch.zeros(2, 10, dtype=dtype), max_iter=50, tol=1e-4, lam=lam)
+    assert not stats.converged.any()
+
+
+def test_plain_iteration_on_a_map_without_fixed_point_is_not_converged():
+    # z_k = k d: the uncapped relative residual 1/k falls below tol after 1/tol iterations.
+    d = torch.ones(1, 4, dtype=torch.float64)
+    _, stats = fixed_point_solve(lambda z: z + d, torch.zeros(1, 4, dtype=torch.float64), max_iter=2000, tol=1e-3)
+    assert not stats.converged.any()
+    assert stats.residual.item() == pytest.approx(1e-2)  # ‖d‖ over the capped scale 100 ‖d‖
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_fixed_point_far_larger_than_the_start_still_converges(solve):
+    # z* = 50 c from z0 = 0 (scale of the start ‖c‖): well inside the cap on the denominator.
+    c = torch.ones(2, 6, dtype=torch.float64)
+    z, stats = solve(lambda z: 0.98 * z + c, torch.zeros(2, 6, dtype=torch.float64), max_iter=3000, tol=1e-6)
+    assert stats.converged.all()
+    assert torch.allclose(z, 50 * c, rtol=1e-4)

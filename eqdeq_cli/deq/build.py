@@ -38,12 +38,18 @@ class GradientSettings:
             whose solution is used; samples above it (or non-finite) take the Jacobian-free
             gradient and are counted (see :class:`~eqdeq_cli.deq.gradients.ImplicitGradient`).
             ``null`` keeps every finite solution.
+        closed_form_vjp: implicit mode: the backward solve applies the transpose of the map's
+            data step ``I − γAᵀA`` in closed form instead of through autograd (same gradient).
+        sample_cache: training solves start each sample from its previous fixed point, kept
+            for up to this many samples (0: off); see :class:`~eqdeq_cli.deq.layer.FixedPointCache`.
     """
 
     mode: str = "implicit"
     unroll_steps: int = 10
     warm_start: bool = False
     backward_accept: float | None = None
+    closed_form_vjp: bool = True
+    sample_cache: int = 0
 
     def __post_init__(self) -> None:
         try:
@@ -99,4 +105,5 @@ def build_reconstructor(cfg: DictConfig, physics: LinearPhysics, denoiser: nn.Mo
     return DEQ(fmap, grad=grad.mode, forward_solver=solvers["forward"],
                backward_solver=solvers["backward"], eval_solver=solvers["eval"],
                unroll_steps=grad.unroll_steps, warm_start=grad.warm_start,
-               backward_accept=float("inf") if grad.backward_accept is None else grad.backward_accept)
+               backward_accept=float("inf") if grad.backward_accept is None else grad.backward_accept,
+               closed_form_vjp=grad.closed_form_vjp, sample_cache=grad.sample_cache)

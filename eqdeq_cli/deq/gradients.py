@@ -51,6 +51,8 @@ class DEQStats:
     backward: list[SolverStats] = field(default_factory=list)
     mode: str = "implicit"
     fallbacks: list[int] = field(default_factory=list)
+    #: Samples whose forward solve started from the layer's per-sample cache.
+    cache_hits: int = 0
 
 
 class GradientMode:
@@ -85,27 +87,36 @@ class _FixedPointMode(GradientMode):
 
 
 class _ImplicitBackward(torch.autograd.Function):
-    """Identity in the forward pass; in the backward pass maps ``g`` to ``v = Jᵀv + g``."""
+    """Identity in the forward pass; in the backward pass maps ``g`` to ``v = Jᵀv + g``.
+
+    ``Jᵀv`` is the vector–Jacobian product of ``fz`` with respect to ``inner``; when
+    ``inner`` is an intermediate ``u(z)`` of the map rather than ``z`` itself, ``inner_vjp``
+    applies ``(∂u/∂z)ᵀ`` in closed form (so autograd only goes through the part after ``u``).
+    """
 
     @staticmethod
-    def forward(ctx, fz: torch.Tensor, z_leaf: torch.Tensor, mode: "ImplicitGradient",  # type: ignore[override]
-                stats: DEQStats) -> torch.Tensor:
-        ctx.fz, ctx.z_leaf, ctx.mode, ctx.stats = fz, z_leaf, mode, stats
+    def forward(ctx, fz: torch.Tensor, inner: torch.Tensor, inner_vjp: Callable | None,  # type: ignore[override]
+                mode: "ImplicitGradient", stats: DEQStats) -> torch.Tensor:
+        ctx.fz, ctx.inner, ctx.inner_vjp, ctx.mode, ctx.stats = fz, inner, inner_vjp, mode, stats
         return fz.clone()
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        fz, z_leaf = ctx.fz, ctx.z_leaf
+        fz, inner, inner_vjp = ctx.fz, ctx.inner, ctx.inner_vjp
+        # A half-precision output (a map run under autocast) still gets a float32 solve.
+        g_solve = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
 
         def vjp_map(v: torch.Tensor) -> torch.Tensor:
-            (jtv,) = torch.autograd.grad(fz, z_leaf, v, retain_graph=True)
-            return jtv + g
+            (jtv,) = torch.autograd.grad(fz, inner, v.to(fz.dtype), retain_graph=True)
+            if inner_vjp is not None:
+                jtv = inner_vjp(jtv)
+            return jtv.to(g_solve.dtype) + g_solve
 
-        v, bstats = ctx.mode.backward_solver(vjp_map, g)
-        v, n_fallback = ctx.mode.accept(v, g, bstats)
+        v, bstats = ctx.mode.backward_solver(vjp_map, g_solve)
+        v, n_fallback = ctx.mode.accept(v, g_solve, bstats)
         ctx.stats.backward.append(bstats)
         ctx.stats.fallbacks.append(n_fallback)
-        return v, None, None, None
+        return v.to(fz.dtype), None, None, None, None
 
 
 class ImplicitGradient(_FixedPointMode):
@@ -119,22 +130,33 @@ class ImplicitGradient(_FixedPointMode):
     direction under the same contraction conditions; Fung et al. 2022) instead of a wrong
     one. Such samples are counted in :attr:`DEQStats.fallbacks` and logged by the trainer.
 
+    Maps of the form ``T(z) = D(u(z))`` whose inner step has a closed-form transpose
+    (:class:`~eqdeq_cli.deq.maps.ProxGradMap`: ``u = z − γAᵀ(Az − y)``, ``(∂u/∂z)ᵀ = I − γAᵀA``)
+    expose ``data_step`` and ``data_step_vjp``; with ``closed_form_vjp`` each backward
+    iteration then differentiates only the denoiser by autograd and applies ``I − γAᵀA``
+    directly: the same ``Jᵀv``, without recording or replaying the operator's graph.
+
     Args:
         backward_solver: ``solver(f, v0) -> (v, SolverStats)`` for ``v = Jᵀv + g``.
         backward_accept: largest relative residual of the backward solve whose solution is
             used (> 0; ``inf`` keeps every finite solution).
+        closed_form_vjp: use the map's closed-form ``data_step_vjp`` where it has one.
     """
 
     name = "implicit"
 
-    def __init__(self, backward_solver: Solver, *, backward_accept: float = float("inf")) -> None:
+    def __init__(self, backward_solver: Solver, *, backward_accept: float = float("inf"),
+                 closed_form_vjp: bool = True) -> None:
         if not callable(backward_solver):
             raise TypeError(f"backward_solver must be callable solver(f, z0) -> (z, stats), "
                             f"got {type(backward_solver).__name__}")
         if backward_accept != float("inf"):
             check_real("backward_accept", backward_accept, low=0.0)
+        if not isinstance(closed_form_vjp, bool):
+            raise ValueError(f"closed_form_vjp must be true or false, got {closed_form_vjp!r}")
         self.backward_solver = backward_solver
         self.backward_accept = float(backward_accept)
+        self.closed_form_vjp = closed_form_vjp
 
     def accept(self, v: torch.Tensor, g: torch.Tensor, stats: SolverStats) -> tuple[torch.Tensor, int]:
         """``v`` where the backward solve succeeded, ``g`` (JFB) elsewhere; and how many fell back."""
@@ -147,17 +169,20 @@ class ImplicitGradient(_FixedPointMode):
         if n_bad == 0:
             return v, 0
         if stats.nonfinite:
-            log.warning("implicit backward solve met a non-finite residual after %d iterations; "
+            log.warning("implicit backward solve met a non-finite residual (or diverged) after %d iterations; "
                         "%d sample(s) use the Jacobian-free gradient", stats.iterations, n_bad)
         return torch.where(ok.view((-1,) + (1,) * (v.ndim - 1)), v, g), n_bad
 
     def tracked_step(self, deq: "DEQ", z_star: torch.Tensor, ctx: MapContext, stats: DEQStats) -> torch.Tensor:
         z_leaf = z_star.requires_grad_()
-        fz = deq.fmap(z_leaf, ctx)
-        return _ImplicitBackward.apply(fz, z_leaf, self, stats)
+        fmap = deq.fmap
+        if self.closed_form_vjp and hasattr(fmap, "data_step_vjp"):
+            u = fmap.data_step(z_leaf, ctx)
+            return _ImplicitBackward.apply(fmap.denoiser(u), u, fmap.data_step_vjp, self, stats)
+        return _ImplicitBackward.apply(fmap(z_leaf, ctx), z_leaf, None, self, stats)
 
     def extra_repr(self) -> str:
-        return f"grad='implicit', backward_accept={self.backward_accept:g}"
+        return f"grad='implicit', backward_accept={self.backward_accept:g}, closed_form_vjp={self.closed_form_vjp}"
 
 
 class JacobianFreeGradient(_FixedPointMode):
@@ -216,7 +241,7 @@ def check_gradient_mode(name: object) -> str:
 
 
 def gradient_mode(name: str, *, backward_solver: Solver, unroll_steps: int = 10,
-                  backward_accept: float = float("inf")) -> GradientMode:
+                  backward_accept: float = float("inf"), closed_form_vjp: bool = True) -> GradientMode:
     """The strategy called ``name`` (``implicit``, ``jfb`` or ``unrolled``).
 
     Raises:
@@ -224,7 +249,8 @@ def gradient_mode(name: str, *, backward_solver: Solver, unroll_steps: int = 10,
     """
     check_gradient_mode(name)
     if name == ImplicitGradient.name:
-        return ImplicitGradient(backward_solver, backward_accept=backward_accept)
+        return ImplicitGradient(backward_solver, backward_accept=backward_accept,
+                                closed_form_vjp=closed_form_vjp)
     if name == UnrolledGradient.name:
         return UnrolledGradient(unroll_steps)
     return JacobianFreeGradient()

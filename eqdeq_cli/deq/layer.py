@@ -16,7 +16,7 @@ have a useful fixed point, so solving it to convergence would evaluate another m
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 
 import torch
 from torch import nn
@@ -29,7 +29,73 @@ log = logging.getLogger(__name__)
 
 _STATS_KEPT = 64
 
-__all__ = ["DEQ", "DEQStats", "GRAD_MODES"]
+__all__ = ["DEQ", "DEQStats", "FixedPointCache", "GRAD_MODES"]
+
+
+class FixedPointCache:
+    """The last fixed point of each training sample, keyed by the sample's measurements.
+
+    Training measurements are fixed, so a sample seen again (next epoch) can start its
+    forward solve from where its previous solve ended instead of from ``A†y``. A sample is
+    recognised by the content of ``y`` (no index is needed): two fixed random projections
+    of ``y_b`` form the key and the stored ``y_b`` is compared exactly before an entry is
+    used. Inputs that never recur (the second call of an EI loss, whose measurements are
+    re-simulated every step) only pass through: the oldest entries are dropped beyond
+    ``capacity`` and an entry is renewed each time its sample is solved again. With the data
+    order reshuffled every epoch, a sample can recur up to two epochs later, so an EI run (two
+    solves per sample) keeps every training sample with a capacity of four times the number
+    of training samples (with twice, about half of the first calls found their sample).
+
+    Only the starting point changes: the solve still runs to the solver's tolerance, so the
+    fixed point is the same up to that tolerance (not bit for bit: a run resumed from a
+    checkpoint starts with an empty cache).
+
+    Args:
+        capacity: largest number of samples kept (≥ 1); each costs one ``y_b`` and one image.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = check_int("sample_cache", capacity, 1)
+        self._entries: OrderedDict[tuple[float, float], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._weights: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _keys(self, y: torch.Tensor) -> list[tuple[float, float]]:
+        flat = y.detach().reshape(y.shape[0], -1).to(torch.float64)
+        spec = (flat.shape[1], flat.device)
+        if spec not in self._weights:
+            gen = torch.Generator().manual_seed(0x5EED)
+            self._weights[spec] = torch.rand((flat.shape[1], 2), generator=gen, dtype=torch.float64).to(flat.device)
+        return [tuple(k) for k in (flat @ self._weights[spec]).tolist()]
+
+    def fill(self, y: torch.Tensor, z0: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``z0`` with each sample found in the cache replaced by its stored fixed point; and the
+        number of samples replaced."""
+        hits = []
+        for b, key in enumerate(self._keys(y)):
+            entry = self._entries.get(key)
+            if entry is not None and entry[1].shape == z0.shape[1:] and entry[1].dtype == z0.dtype \
+                    and entry[1].device == z0.device and torch.equal(entry[0], y[b].detach()):
+                hits.append((b, entry[1]))
+        if not hits:
+            return z0, 0
+        z0 = z0.clone()
+        for b, z in hits:
+            z0[b] = z
+        return z0, len(hits)
+
+    def store(self, y: torch.Tensor, z: torch.Tensor) -> None:
+        """Keep ``z[b]`` as the fixed point of the sample measured by ``y[b]``."""
+        for b, key in enumerate(self._keys(y)):
+            self._entries[key] = (y[b].detach().clone(), z[b].detach().clone())
+            self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
 
 
 class DEQ(nn.Module):
@@ -53,6 +119,12 @@ class DEQ(nn.Module):
             see related inputs (the same batch again, or the second call of an EI loss,
             whose input derives from the first call's output); the result then depends on
             the order of calls and, with loose tolerances, is not reproducible call by call.
+        sample_cache: training solves start each sample from its own previous fixed point,
+            kept for up to this many samples (0: off; see :class:`FixedPointCache`). Used in
+            training mode only, by the implicit and JFB modes.
+        closed_form_vjp: implicit mode: apply the transpose of the map's data step in closed
+            form in the backward solve where the map has one (same gradient, less autograd;
+            see :class:`~eqdeq_cli.deq.gradients.ImplicitGradient`).
 
     Attributes:
         last_stats: :class:`DEQStats` of the most recent call (``None`` before any call).
@@ -63,7 +135,8 @@ class DEQ(nn.Module):
     def __init__(self, fmap: nn.Module, *, grad: str = "implicit", forward_solver: Solver,
                  backward_solver: Solver | None = None, eval_solver: Solver | None = None,
                  unroll_steps: int = 10, warm_start: bool = False,
-                 backward_accept: float = float("inf")) -> None:
+                 backward_accept: float = float("inf"), closed_form_vjp: bool = True,
+                 sample_cache: int = 0) -> None:
         super().__init__()
         for name, s in (("forward_solver", forward_solver), ("backward_solver", backward_solver),
                         ("eval_solver", eval_solver)):
@@ -76,13 +149,16 @@ class DEQ(nn.Module):
         self.forward_solver = forward_solver
         self.backward_solver = backward_solver if backward_solver is not None else forward_solver
         self.gradient: GradientMode = gradient_mode(grad, backward_solver=self.backward_solver,
-                                                    unroll_steps=unroll_steps, backward_accept=backward_accept)
+                                                    unroll_steps=unroll_steps, backward_accept=backward_accept,
+                                                    closed_form_vjp=closed_form_vjp)
         self.eval_solver = eval_solver if eval_solver is not None else forward_solver
         self.unroll_steps = unroll_steps
         self.warm_start = warm_start
         self.last_stats: DEQStats | None = None
         self._recent: deque[DEQStats] = deque(maxlen=_STATS_KEPT)
         self._previous: torch.Tensor | None = None
+        check_int("sample_cache", sample_cache, 0)
+        self.sample_cache = FixedPointCache(sample_cache) if sample_cache else None
 
     @property
     def grad(self) -> str:
@@ -90,7 +166,8 @@ class DEQ(nn.Module):
         return self.gradient.name
 
     def extra_repr(self) -> str:
-        return f"{self.gradient.extra_repr()}, warm_start={self.warm_start}"
+        cache = self.sample_cache.capacity if self.sample_cache is not None else 0
+        return f"{self.gradient.extra_repr()}, warm_start={self.warm_start}, sample_cache={cache}"
 
     def pop_stats(self) -> list[DEQStats]:
         """Stats of every call since the last pop (at most 64, oldest first), then forget them."""
@@ -108,13 +185,20 @@ class DEQ(nn.Module):
             self.reset_warm_start()
         return super().train(mode)
 
-    def _start(self, y: torch.Tensor) -> torch.Tensor:
+    def _start(self, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The starting point of a solve, and how many samples came from the sample cache.
+        A half-precision start (an operator run under autocast) is promoted to float32, the
+        precision the solver iterates in."""
         z0 = self.fmap.init(y)
+        if z0.dtype in (torch.float16, torch.bfloat16):
+            z0 = z0.float()
         prev = self._previous
         if self.warm_start and prev is not None and prev.shape == z0.shape \
                 and prev.dtype == z0.dtype and prev.device == z0.device:
-            return prev
-        return z0
+            z0 = prev
+        if self.sample_cache is not None and self.training:
+            return self.sample_cache.fill(y, z0)
+        return z0, 0
 
     def record(self, stats: DEQStats) -> None:
         """Keep ``stats`` as :attr:`last_stats` and for :meth:`pop_stats`; warn on a non-finite solve."""
@@ -122,7 +206,7 @@ class DEQ(nn.Module):
         self._recent.append(stats)
         fw = stats.forward
         if fw.nonfinite:
-            log.warning("DEQ forward solve met a non-finite residual after %d iterations", fw.iterations)
+            log.warning("DEQ forward solve met a non-finite residual (or diverged) after %d iterations", fw.iterations)
 
     def solve(self, y: torch.Tensor, ctx: MapContext, *, record: bool = True) -> tuple[torch.Tensor, DEQStats]:
         """The fixed point ``z*`` of ``z ↦ T(z; y)`` without autograd, and the call's stats.
@@ -131,13 +215,15 @@ class DEQ(nn.Module):
         ``False`` leaves the layer's state as it was (a measurement beside training)."""
         solver = self.forward_solver if self.training else self.eval_solver
         with torch.no_grad():
-            z0 = self._start(y).detach()
-            z_star, fstats = solver(lambda z: self.fmap(z, ctx), z0)
-        stats = DEQStats(forward=fstats, mode=self.grad)
+            z0, hits = self._start(y)
+            z_star, fstats = solver(lambda z: self.fmap(z, ctx), z0.detach())
+        stats = DEQStats(forward=fstats, mode=self.grad, cache_hits=hits)
         if record:
             self.record(stats)
             if self.warm_start:
                 self._previous = z_star.detach()
+            if self.sample_cache is not None and self.training and not fstats.nonfinite:
+                self.sample_cache.store(y, z_star)
         return z_star, stats
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:

@@ -118,9 +118,21 @@ class ProxGradMap(_StepMap):
         """The step ``γ = min(exp(log γ), step_max)`` (a 0-d tensor, always positive)."""
         return self.log_step.exp().clamp(max=self.step_max)
 
-    def forward(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+    def data_step(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+        """The gradient step ``u = z − γ(AᵀA z − Aᵀy)`` (the denoiser's input), ``(B, C, H, W)``."""
         gamma = self.step.to(z.dtype)
-        return self.denoiser(z - gamma * (self.physics.AtA(z) - ctx.Aty))
+        return z - gamma * (self.physics.AtA(z) - ctx.Aty)
+
+    def data_step_vjp(self, w: torch.Tensor) -> torch.Tensor:
+        r"""``(∂u/∂z)ᵀ w = (I − γAᵀA) w`` in closed form (the Jacobian of the gradient step is
+        symmetric), without autograd; ``w`` of shape ``(B, C, H, W)``. Exact when
+        ``A_adjoint`` is the adjoint of ``A``."""
+        with torch.no_grad():
+            gamma = self.step.to(w.dtype)
+            return w - gamma * self.physics.AtA(w)
+
+    def forward(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+        return self.denoiser(self.data_step(z, ctx))
 
 
 class HQSMap(_StepMap):

@@ -10,6 +10,20 @@ and a solve stops when every ``r_b <= tol`` or after ``max_iter`` evaluations of
 The returned iterate is, for each sample, the evaluated iterate with the smallest
 residual, so ``stats.residual`` is exactly the residual of the returned ``z``.
 
+Iterates that run away cannot pass for solutions. A map without a fixed point (say
+``f(z) = z + d``) drives the relative residual towards zero as ``‖z‖`` grows, and in
+floating point ``z + d == z`` once ``‖z‖`` is large enough. So the norm in the denominator
+is capped at ``100 s_b``, where ``s_b = max(‖z₀_b‖, ‖f(z₀)_b‖)`` is the scale of the
+start, and an iterate whose ``‖f(z)_b‖`` exceeds ``10⁶ s_b`` counts as diverged: its
+residual is reported as NaN and the solve stops as on any non-finite residual.
+
+Mixed precision: under :func:`torch.autocast` the map is still evaluated under the
+caller's autocast settings (the network may run in bfloat16), but its output is cast to
+the dtype of ``z0`` and everything the solver computes itself (residuals, inner products,
+the Anderson mixing) runs with autocast off, in the dtype of ``z0`` (the small Anderson
+systems in float64). Tolerances far below bfloat16's precision then stay reachable for
+maps whose own output is accurate enough.
+
 The solvers run under :func:`torch.no_grad` (they never build an autograd graph), so
 they serve the forward solve ``z = T(z; y)`` and the backward solve
 ``v = Jᵀ v + g`` alike (vector–Jacobian products by :func:`torch.autograd.grad`
@@ -24,6 +38,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -37,6 +52,11 @@ Map = Callable[[torch.Tensor], torch.Tensor]
 # Denominator floor of the relative residual: a zero map output with a zero step
 # (e.g. a backward solve with a zero incoming gradient) counts as converged.
 _TINY = 1e-30
+# The residual's denominator is at most this many times the scale of the start, so an
+# iterate that grows without bound cannot make its relative residual small.
+_SCALE_CAP = 100.0
+# An iterate this many times larger than the scale of the start has diverged.
+_DIVERGED = 1e6
 
 
 @dataclass
@@ -47,8 +67,9 @@ class SolverStats:
         iterations: number of evaluations of ``f``.
         residual: ``(B,)`` relative residual of the returned iterate, per sample.
         converged: ``(B,)`` bool, ``residual <= tol`` per sample.
-        nonfinite: ``True`` when a non-finite residual was met; the solve then stopped
-            and returned the best finite iterate seen.
+        nonfinite: ``True`` when a non-finite residual was met, or an iterate diverged
+            (see the module's notes); the solve then stopped and returned the best finite
+            iterate seen.
         history: the largest residual over the batch at each evaluation.
     """
 
@@ -87,6 +108,7 @@ class _Tracker:
         self.tol = tol
         self.best = z0.clone()
         self.best_res = torch.full((z0.shape[0],), math.inf, dtype=torch.float64, device=z0.device)
+        self.scale: torch.Tensor | None = None  # (B,) s_b = max(‖z₀‖, ‖f(z₀)‖), set by the first update
         self.history: list[float] = []
         self.nonfinite = False
 
@@ -95,10 +117,13 @@ class _Tracker:
         b = z.shape[0]
         diff = (fz - z).reshape(b, -1).norm(dim=1).double()
         fz_norm = fz.reshape(b, -1).norm(dim=1).double()
-        res = diff / fz_norm.clamp_min(_TINY)
+        if self.scale is None:
+            self.scale = torch.maximum(z.reshape(b, -1).norm(dim=1).double(), fz_norm)
+        res = diff / torch.minimum(fz_norm, _SCALE_CAP * self.scale).clamp_min(_TINY)
         res = torch.where(diff == 0, torch.zeros_like(res), res)
-        # Iterates that overflowed (inf - inf, or equal infinities) are not a solution.
-        res = torch.where(torch.isfinite(fz_norm), res, torch.full_like(res, math.nan))
+        # Iterates that overflowed (inf - inf, or equal infinities) or ran away are not a solution.
+        ok = torch.isfinite(fz_norm) & (fz_norm <= _DIVERGED * self.scale)
+        res = torch.where(ok, res, torch.full_like(res, math.nan))
         better = res < self.best_res  # False for NaN, so non-finite iterates never become best
         self.best_res = torch.where(better, res, self.best_res)
         self.best = torch.where(better.view((b,) + (1,) * (z.ndim - 1)), z, self.best)
@@ -118,6 +143,25 @@ class _Tracker:
                                       history=self.history)
 
 
+def _precise(f: Map, z0: torch.Tensor) -> tuple[Map, contextlib.AbstractContextManager]:
+    """``f`` evaluated under the caller's autocast state with its output cast to ``z0``'s
+    dtype, and a context that turns autocast off for the solver's own arithmetic."""
+    device = z0.device.type
+    try:
+        enabled = torch.is_autocast_enabled(device)
+    except (RuntimeError, TypeError):  # a device type without autocast support
+        return f, contextlib.nullcontext()
+    if not enabled:
+        return f, contextlib.nullcontext()
+    amp_dtype = torch.get_autocast_dtype(device)
+
+    def f_amp(z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device, dtype=amp_dtype):
+            return f(z).to(z0.dtype)
+
+    return f_amp, torch.autocast(device, enabled=False)
+
+
 @torch.no_grad()
 def fixed_point_solve(f: Map, z0: torch.Tensor, *, max_iter: int = 50, tol: float = 1e-4,
                       damping: float = 1.0) -> tuple[torch.Tensor, SolverStats]:
@@ -135,14 +179,16 @@ def fixed_point_solve(f: Map, z0: torch.Tensor, *, max_iter: int = 50, tol: floa
     """
     _check_common(f, z0, max_iter, tol)
     check_real("damping", damping, low=0.0, high=1.0)
-    tracker = _Tracker(z0, tol)
-    z = z0
-    for _ in range(max_iter):
-        fz = f(z)
-        if tracker.update(z, fz):
-            break
-        z = fz if damping == 1.0 else torch.lerp(z, fz, damping)
-    return tracker.result()
+    f, precise = _precise(f, z0)
+    with precise:
+        tracker = _Tracker(z0, tol)
+        z = z0
+        for _ in range(max_iter):
+            fz = f(z)
+            if tracker.update(z, fz):
+                break
+            z = fz if damping == 1.0 else torch.lerp(z, fz, damping)
+        return tracker.result()
 
 
 @torch.no_grad()
@@ -161,7 +207,11 @@ def anderson_solve(f: Map, z0: torch.Tensor, *, max_iter: int = 50, tol: float =
     vectors of a backward solve). The next iterate is
     ``x_{k+1} = β Σ α_i f(x_i) + (1 − β) Σ α_i x_i``. The ``(n × n)`` Gram matrix is
     updated by one row per iteration in a preallocated buffer and the small systems are
-    solved in float64 with :func:`torch.linalg.solve`, batched over samples.
+    solved in float64, batched over samples. A sample whose system is singular or gives
+    non-finite weights (possible with a tiny ``lam``, or when residuals repeat exactly)
+    takes the plain step ``x_{k+1} = f(x_k)`` at that iteration instead of failing the
+    solve. The histories of ``f(x_i)`` and ``g_i`` live in buffers allocated once per
+    solve; the loop allocates only per-iteration temporaries of size ``(B, n)``.
 
     Args:
         f: the map, ``(B, ...) -> (B, ...)``.
@@ -179,14 +229,23 @@ def anderson_solve(f: Map, z0: torch.Tensor, *, max_iter: int = 50, tol: float =
     check_int("m", m, 1)
     check_real("lam", lam, low=0.0)
     check_real("beta", beta, low=0.0, high=1.0)
+    f, precise = _precise(f, z0)
+    with precise:
+        return _anderson(f, z0, max_iter, tol, min(m, max_iter), lam, beta)
 
+
+def _anderson(f: Map, z0: torch.Tensor, max_iter: int, tol: float, m: int, lam: float,
+              beta: float) -> tuple[torch.Tensor, SolverStats]:
     b = z0.shape[0]
     d = z0[0].numel()
-    m = min(m, max_iter)
-    X = z0.new_zeros((b, m, d))
-    F = z0.new_zeros((b, m, d))
-    gram = torch.zeros((b, m, m), dtype=torch.float64, device=z0.device)
-    eye = torch.eye(m, dtype=torch.float64, device=z0.device)
+    F = z0.new_zeros((b, m, d))   # f(x_i)
+    G = z0.new_zeros((b, m, d))   # g_i = f(x_i) − x_i
+    x_buf = z0.new_empty((b, d))  # the next iterate, overwritten each iteration
+    f64 = {"dtype": torch.float64, "device": z0.device}
+    gram = torch.zeros((b, m, m), **f64)
+    eye = torch.eye(m, **f64)
+    ones = torch.ones((b, m, 1), **f64)
+    plain = torch.eye(m, dtype=z0.dtype, device=z0.device)  # row j: the weights of the step x = f(x_j)
     tracker = _Tracker(z0, tol)
 
     x = z0.reshape(b, d)
@@ -195,19 +254,21 @@ def anderson_solve(f: Map, z0: torch.Tensor, *, max_iter: int = 50, tol: float =
         if tracker.update(x.view_as(z0), fx.view_as(z0)):
             break
         j = k % m
-        X[:, j] = x
-        F[:, j] = fx
         n = min(k + 1, m)
-        G = F[:, :n] - X[:, :n]                                  # (B, n, d)
-        row = torch.bmm(G, G[:, j].unsqueeze(2)).squeeze(2)       # (B, n): <g_i, g_j>
-        gram[:, j, :n] = row.double()
-        gram[:, :n, j] = row.double()
+        F[:, j] = fx
+        torch.sub(fx, x, out=G[:, j])
+        row = torch.bmm(G[:, :n], G[:, j].unsqueeze(2)).squeeze(2).double()  # (B, n): <g_i, g_j>
+        gram[:, j, :n] = row
+        gram[:, :n, j] = row
         H = gram[:, :n, :n]
         scale = (torch.diagonal(H, dim1=1, dim2=2).sum(1) / n).clamp_min(_TINY)
         H = H + (lam * scale).view(b, 1, 1) * eye[:n, :n]
-        a = torch.linalg.solve(H, torch.ones((b, n, 1), dtype=torch.float64, device=z0.device))
-        alpha = (a / a.sum(dim=1, keepdim=True)).to(z0.dtype).transpose(1, 2)  # (B, 1, n)
-        x = torch.bmm(alpha, F[:, :n]).squeeze(1)
-        if beta != 1.0:
-            x = beta * x + (1.0 - beta) * torch.bmm(alpha, X[:, :n]).squeeze(1)
+        a, info = torch.linalg.solve_ex(H, ones[:, :n])
+        alpha = a / a.sum(dim=1, keepdim=True)                               # (B, n, 1)
+        ok = (info == 0) & torch.isfinite(alpha).all(dim=1).squeeze(1)
+        alpha = torch.where(ok.view(b, 1, 1), alpha.nan_to_num(), plain[j, :n].view(1, n, 1).to(alpha))
+        alpha = alpha.to(z0.dtype).transpose(1, 2)                           # (B, 1, n)
+        x = torch.bmm(alpha, F[:, :n], out=x_buf.unsqueeze(1)).squeeze(1)
+        if beta != 1.0:  # β Σα f(x_i) + (1 − β) Σα x_i = Σα f(x_i) − (1 − β) Σα g_i
+            x = x - (1.0 - beta) * torch.bmm(alpha, G[:, :n]).squeeze(1)
     return tracker.result()

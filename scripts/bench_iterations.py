@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Map evaluations per training step, training time and final quality of solver settings,
+run side by side.
+
+Each setting is a list of ``eqdeq train`` overrides; every setting trains in its own
+process, all at once (so load from other jobs hits them alike), with one torch thread
+each. A process counts, over all training-mode DEQ calls, the forward solver's map
+evaluations (its iterations plus the one tracked step of a call) and the backward solver's
+vector–Jacobian products, and reads the run's ``metrics.json``. The report gives per
+setting: evaluations per training step (forward, backward, total), the ratio of today's
+default to it, the training time and its ratio, and the final test PSNR, SSIM and share of
+converged test samples.
+
+Settings (``--settings``, default: all):
+
+* ``default``: the shipped configuration;
+* ``cache``: ``grad.sample_cache=1024`` (4 × the default ``data.n_train``; each training sample starts from its last
+  fixed point);
+* ``cache+warm``: also ``grad.warm_start=true`` (the EI loss's second call starts from the
+  first call's solution);
+
+Extra overrides for every setting follow ``--`` (e.g. ``-- trainer.max_steps=100``).
+
+Example: ``python scripts/bench_iterations.py --out /tmp/bench_it``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SETTINGS = {
+    "default": [],
+    "cache": ["grad.sample_cache=1024"],
+    "cache+warm": ["grad.sample_cache=1024", "grad.warm_start=true"],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="folder for the run directories")
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="extra eqdeq train overrides for every setting")
+    return p.parse_args(argv)
+
+
+def run_child(name: str, out: Path, overrides: list[str]) -> None:
+    """Train one setting in this process, counting the DEQ's evaluations; write ``count.json``."""
+    import torch
+
+    from eqdeq_cli.cli import main as cli_main
+    from eqdeq_cli.deq.layer import DEQ
+
+    torch.set_num_threads(1)
+    calls = []
+    original = DEQ.record
+
+    def record(self, stats):
+        if self.training:
+            calls.append(stats)
+        return original(self, stats)
+
+    DEQ.record = record
+    run_dir = out / name
+    t0 = time.perf_counter()
+    rc = cli_main(["train", *SETTINGS[name], *overrides, f"hydra.run.dir={run_dir}", "trainer.progress=false"])
+    wall = time.perf_counter() - t0
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    steps = max(int(metrics.get("steps", 0)), 1)
+    fwd = sum(c.forward.iterations + 1 for c in calls)
+    bwd = sum(b.iterations for c in calls for b in c.backward)
+    hits = sum(c.cache_hits for c in calls)
+    samples = sum(int(c.forward.residual.numel()) for c in calls)
+    summary = {"setting": name, "rc": rc, "steps": steps, "calls": len(calls), "fwd_per_step": fwd / steps,
+               "bwd_per_step": bwd / steps, "cache_hit_share": hits / max(samples, 1), "wall_s": wall,
+               **{k: metrics.get(k) for k in ("train_time_s", "psnr", "ssim", "psnr_init", "converged_frac",
+                                              "iters_mean")}}
+    (run_dir / "count.json").write_text(json.dumps(summary))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        run_child(args.child, args.out, args.overrides)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = {}
+    for name in args.settings:
+        log = open(args.out / f"{name.replace('+', '_')}.log", "w")
+        cmd = [sys.executable, __file__, "--out", str(args.out), "--child", name, "--", *args.overrides]
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+    rows = {}
+    for name, (proc, log) in procs.items():
+        proc.wait()
+        log.close()
+        path = args.out / name / "count.json"
+        if proc.returncode != 0 or not path.is_file():
+            print(f"  {name}: failed (exit {proc.returncode}); see {log.name}")
+            continue
+        rows[name] = json.loads(path.read_text())
+    base = rows.get("default")
+    print(f"{'setting':12s} {'fwd/step':>9s} {'bwd/step':>9s} {'total':>7s} {'fewer':>6s} {'train s':>8s} "
+          f"{'faster':>6s} {'psnr':>6s} {'ssim':>6s} {'conv':>5s} {'hits':>5s}")
+    for name, r in rows.items():
+        total = r["fwd_per_step"] + r["bwd_per_step"]
+        fewer = (base["fwd_per_step"] + base["bwd_per_step"]) / total if base else float("nan")
+        faster = base["train_time_s"] / r["train_time_s"] if base and r["train_time_s"] else float("nan")
+        conv = r.get("converged_frac")
+        print(f"{name:12s} {r['fwd_per_step']:9.1f} {r['bwd_per_step']:9.1f} {total:7.1f} x{fewer:5.2f} "
+              f"{r['train_time_s'] or float('nan'):8.1f} x{faster:5.2f} {r['psnr'] or float('nan'):6.2f} "
+              f"{r['ssim'] or float('nan'):6.3f} {conv if conv is not None else float('nan'):5.2f} "
+              f"{r['cache_hit_share']:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Side-by-side benchmark of an implicit DEQ training step: eqdeq against torchdeq.
+
+Both libraries train the same map on the same data, in one process, with the same
+iteration budget, so only the DEQ machinery differs:
+
+* sparse-view CT (``CTRadon``, 128², 60 views by default), batch 8 of random ellipse
+  phantoms, noiseless measurements ``y``;
+* the proximal-gradient map ``z ↦ D(z − γAᵀ(Az − y))`` of :class:`eqdeq_cli.deq.ProxGradMap`
+  with a residual ``DnCNN`` (depth 5, width 16): one copy per library, equal weights;
+* implicit differentiation with Anderson acceleration in both passes, exactly ``--iters``
+  forward and ``--iters`` backward iterations (tolerance 0), started at ``A†y``;
+* a step = forward, loss ``‖A x − y‖² / B``, backward, one Adam update.
+
+torchdeq runs as ``get_deq(ift=True, f_solver="anderson", b_solver="anderson", f_tol=0,
+b_tol=0, f_max_iter=N, b_max_iter=N)`` (Anderson history 5 forward, its default 6
+backward). The steps alternate (eqdeq, torchdeq, eqdeq, …) after one warm-up each, so
+load from other jobs hits both alike; the report gives the median time per step and the
+ratio ``torchdeq / eqdeq`` (> 1: eqdeq is faster), with the median of the per-pair
+ratios beside it. Both clocks are reported: wall time, and the CPU time of this process
+(``time.process_time``), which on a machine shared with other jobs is the steadier
+measure of the work a step does when torch runs one thread (``--threads 1``).
+
+torchdeq is a benchmark-only dependency (``pip install 'eqdeq[bench]'``); without it the
+script says so and exits with status 0 after timing eqdeq alone.
+
+Example: ``python scripts/bench_torchdeq.py --threads 1 --repeats 10``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eqdeq_cli.data.phantoms import random_ellipse_phantoms  # noqa: E402
+from eqdeq_cli.deq import DEQ, ProxGradMap, anderson_solve  # noqa: E402
+from eqdeq_cli.physics import CTRadon  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--img-size", type=int, default=128)
+    p.add_argument("--views", type=int, default=60)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--iters", type=int, default=20, help="forward and backward Anderson iterations")
+    p.add_argument("--repeats", type=int, default=6, help="timed steps per library (interleaved)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--autograd-vjp", action="store_true",
+                   help="also time eqdeq with grad.closed_form_vjp=false (the operator through autograd)")
+    p.add_argument("--quick", action="store_true", help="64², 30 views, batch 4, 5 iterations, 3 repeats")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.img_size, args.views, args.batch, args.iters, args.repeats = 64, 30, 4, 5, 3
+    return args
+
+
+def load_torchdeq():
+    """torchdeq's ``get_deq`` and its version, or ``(None, reason)``."""
+    try:
+        from importlib.metadata import version
+
+        from torchdeq import get_deq
+    except ImportError as err:
+        return None, f"torchdeq is not installed ({err}); install the bench extra: pip install 'eqdeq[bench]'"
+    return get_deq, version("torchdeq")
+
+
+def build(args: argparse.Namespace, seed: int = 0):
+    from eqdeq_cli.models import DnCNN
+
+    torch.manual_seed(seed)
+    physics = CTRadon(img_size=args.img_size, n_views=args.views)
+    denoiser = DnCNN(channels=1, depth=args.depth, width=args.width)
+    x = torch.from_numpy(random_ellipse_phantoms(args.batch, args.img_size, 1, np.random.default_rng(seed)))
+    return physics, denoiser, physics.A(x)
+
+
+def eqdeq_step_fn(fmap: ProxGradMap, physics, y: torch.Tensor, n: int, closed_form_vjp: bool = True):
+    solver = functools.partial(anderson_solve, max_iter=n, tol=0.0, m=5)
+    deq = DEQ(fmap, grad="implicit", forward_solver=solver, backward_solver=solver,
+              closed_form_vjp=closed_form_vjp)
+    opt = torch.optim.Adam(fmap.parameters(), lr=1e-4)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = (physics.A(deq(y)) - y).pow(2).sum() / y.shape[0]
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+    return step
+
+
+def torchdeq_step_fn(get_deq, fmap: ProxGradMap, physics, y: torch.Tensor, n: int):
+    deq = get_deq(ift=True, f_solver="anderson", b_solver="anderson", f_max_iter=n, b_max_iter=n,
+                  f_tol=0.0, b_tol=0.0)
+    opt = torch.optim.Adam(fmap.parameters(), lr=1e-4)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        ctx = fmap.prepare(y)
+        z0 = fmap.init(y).detach()
+        zs, _ = deq(lambda z: fmap(z, ctx), z0, solver_kwargs={"m": 5})
+        loss = (physics.A(zs[-1]) - y).pow(2).sum() / y.shape[0]
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+    return step
+
+
+def interleaved(steps: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Time each step function ``repeats`` times, alternating between them after one warm-up
+    each; ``{clock: {name: seconds per step}}`` for the wall and the process CPU clocks."""
+    for step in steps.values():
+        step()
+    times: dict[str, dict[str, list[float]]] = {"wall": {n: [] for n in steps}, "cpu": {n: [] for n in steps}}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            t, c = time.perf_counter(), time.process_time()
+            step()
+            times["cpu"][name].append(time.process_time() - c)
+            times["wall"][name].append(time.perf_counter() - t)
+    return times
+
+
+def report(times: dict[str, dict[str, list[float]]], reference: str) -> None:
+    for clock, by_name in times.items():
+        print(f" {clock} clock")
+        ref = by_name[reference]
+        for name, ts in by_name.items():
+            med = statistics.median(ts)
+            line = f"  {name:22s} median {med:7.3f} s/step  (min {min(ts):.3f}, max {max(ts):.3f})"
+            if name != reference:
+                pair = statistics.median(r / t for r, t in zip(ref, ts))
+                line += f"  {reference}/{name}: x{statistics.median(ref) / med:.2f} (per-pair median x{pair:.2f})"
+            print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    get_deq, info = load_torchdeq()
+    physics, denoiser, y = build(args)
+    print(f"CT {args.img_size}², {args.views} views, batch {args.batch}, DnCNN depth {args.depth} width "
+          f"{args.width}, {args.iters}+{args.iters} Anderson iterations (tol 0), torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, {args.repeats} interleaved repeats")
+    steps = {"eqdeq": eqdeq_step_fn(ProxGradMap(copy.deepcopy(denoiser), physics), physics, y, args.iters)}
+    if args.autograd_vjp:
+        steps["eqdeq autograd vjp"] = eqdeq_step_fn(ProxGradMap(copy.deepcopy(denoiser), physics), physics, y,
+                                                    args.iters, closed_form_vjp=False)
+    if get_deq is None:
+        print(f"  torchdeq mode skipped: {info}")
+    else:
+        print(f"  torchdeq {info}")
+        steps["torchdeq"] = torchdeq_step_fn(get_deq, ProxGradMap(copy.deepcopy(denoiser), physics),
+                                             physics, y, args.iters)
+    report(interleaved(steps, args.repeats), reference="torchdeq" if "torchdeq" in steps else "eqdeq")
+
+
+if __name__ == "__main__":
+    main()
