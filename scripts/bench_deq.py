@@ -62,13 +62,19 @@ from eqdeq_cli.physics import CTRadon
 MODES = ("implicit", "jfb", "unrolled")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_setup_arguments(p: argparse.ArgumentParser) -> None:
+    """The benchmark task's options (image size, views, batch, denoiser size), shared by the
+    DEQ benchmarks so that they measure the same setup."""
     p.add_argument("--img-size", type=int, default=128)
     p.add_argument("--views", type=int, default=60)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--depth", type=int, default=5)
     p.add_argument("--width", type=int, default=16)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_setup_arguments(p)
     p.add_argument("--iters", type=int, nargs="+", default=[10, 30, 100])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--train-steps", type=int, default=40)

@@ -36,23 +36,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eqdeq_cli.data.phantoms import random_ellipse_phantoms  # noqa: E402
+from bench_deq import add_setup_arguments, build  # noqa: E402  (scripts/ is on the path when run as a script)
+
 from eqdeq_cli.deq import DEQ, ProxGradMap, anderson_solve  # noqa: E402
-from eqdeq_cli.physics import CTRadon  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--img-size", type=int, default=128)
-    p.add_argument("--views", type=int, default=60)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--depth", type=int, default=5)
-    p.add_argument("--width", type=int, default=16)
+    add_setup_arguments(p)
     p.add_argument("--iters", type=int, default=20, help="forward and backward Anderson iterations")
     p.add_argument("--repeats", type=int, default=6, help="timed steps per library (interleaved)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -74,16 +69,6 @@ def load_torchdeq():
     except ImportError as err:
         return None, f"torchdeq is not installed ({err}); install the bench extra: pip install 'eqdeq[bench]'"
     return get_deq, version("torchdeq")
-
-
-def build(args: argparse.Namespace, seed: int = 0):
-    from eqdeq_cli.models import DnCNN
-
-    torch.manual_seed(seed)
-    physics = CTRadon(img_size=args.img_size, n_views=args.views)
-    denoiser = DnCNN(channels=1, depth=args.depth, width=args.width)
-    x = torch.from_numpy(random_ellipse_phantoms(args.batch, args.img_size, 1, np.random.default_rng(seed)))
-    return physics, denoiser, physics.A(x)
 
 
 def eqdeq_step_fn(fmap: ProxGradMap, physics, y: torch.Tensor, n: int, closed_form_vjp: bool = True):
@@ -151,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     get_deq, info = load_torchdeq()
-    physics, denoiser, y = build(args)
+    physics, denoiser, _, y = build(args)
     print(f"CT {args.img_size}², {args.views} views, batch {args.batch}, DnCNN depth {args.depth} width "
           f"{args.width}, {args.iters}+{args.iters} Anderson iterations (tol 0), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, {args.repeats} interleaved repeats")

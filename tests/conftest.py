@@ -58,3 +58,14 @@ def compose_cfg(cache_dir: Path):
             return compose(config_name=config_name, overrides=list(overrides))
 
     return _compose
+
+
+class StopAt:
+    """Requests a stop once the trainer has taken ``step`` steps (as a signal handler would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, trainer) -> None:
+        if trainer.step == self.step:
+            trainer.request_stop()

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, StopAt
 from eqdeq_cli import cli
 from eqdeq_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from eqdeq_cli.errors import CheckpointError
@@ -92,15 +92,6 @@ def test_resume_accepts_a_longer_run_other_logging_and_time_cap(compose_cfg, tmp
 
 
 # -- the run's own checkpoint wins over the path it started from ------------------------------------
-class StopAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def __call__(self, trainer) -> None:
-        if trainer.step == self.step:
-            trainer.request_stop()
-
-
 def test_resume_path_starts_a_run_and_a_rerun_continues_its_own_checkpoint(compose_cfg, tmp_path, caplog):
     a, b = tmp_path / "a", tmp_path / "b"
     run.train(compose_cfg(RUN), run_dir=a)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, StopAt
 from eqdeq_cli.runs import train as run
 from eqdeq_cli.engine.checkpoint import load_checkpoint
 from eqdeq_cli.errors import TrainingDivergedError, UserError
@@ -45,17 +45,6 @@ def test_every_combination_trains_one_step(compose_cfg, tmp_path, physics, group
     assert all(torch.isfinite(v).all() for v in trained.values())
     changed = [k for k in start if not torch.equal(start[k], trained[k])]
     assert changed, "one optimizer step left every weight unchanged"
-
-
-class StopAt:
-    """Requests a stop once the trainer has taken ``step`` steps (as a signal handler would)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def __call__(self, trainer) -> None:
-        if trainer.step == self.step:
-            trainer.request_stop()
 
 
 def test_resume_after_interruption_gives_identical_weights(compose_cfg, tmp_path):
