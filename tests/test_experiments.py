@@ -29,6 +29,9 @@ METHODS = {  # method -> (loss terms, gradient mode)
     "supervised": ({"supervised"}, "implicit"),
 }
 PRESETS = [f"{t}_{m}" for t in TASKS for m in METHODS]
+#: Presets whose gradient mode departs from their method's: supervised MRI on the phantoms
+#: stays at the zero-filled image with implicit gradients (docs/stability.md).
+GRAD_EXCEPTIONS = {"mri_supervised": "jfb"}
 
 
 def _target_class(node) -> str:
@@ -46,6 +49,7 @@ def test_preset_composes_to_its_task_and_method(compose_cfg, preset):
     cfg = compose_cfg([f"experiment={preset}"])
     physics_cls, group_cls = TASKS[task]
     terms, mode = METHODS[method]
+    mode = GRAD_EXCEPTIONS.get(preset, mode)
     assert _target_class(cfg.physics) == physics_cls
     assert _target_class(cfg.group) == group_cls
     assert set(cfg.loss.terms) == terms
