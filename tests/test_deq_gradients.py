@@ -289,7 +289,8 @@ def test_configs_build_a_working_reconstructor(map_name, solver_name, grad_name)
     fmap, physics, y = make_problem()
     deq = build_reconstructor(cfg, physics, fmap.denoiser)
     assert deq.grad == grad_name and type(deq.fmap).__name__ == {"prox_grad": "ProxGradMap", "hqs": "HQSMap"}[map_name]
-    assert deq.forward_solver.keywords["max_iter"] == 20 and deq.eval_solver.keywords["max_iter"] == 50
+    assert deq.forward_solver.keywords["max_iter"] == cfg.solver.forward.max_iter
+    assert deq.eval_solver.keywords["max_iter"] == cfg.solver.eval.max_iter
     x = deq(y)
     x.pow(2).sum().backward()
     assert deq.fmap.log_step.grad is not None and torch.isfinite(x).all()

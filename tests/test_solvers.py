@@ -201,8 +201,9 @@ def test_solver_configs_instantiate(name, func):
         assert isinstance(solver.keywords["tol"], float) and isinstance(solver.keywords["max_iter"], int)
         _, stats = solver(f, z0)
         assert stats.iterations <= solver.keywords["max_iter"]
-    assert cfg.forward.max_iter == 20 and cfg.forward.tol == 1e-3
-    assert cfg.eval.max_iter == 50 and cfg.eval.tol == 1e-4
+    assert cfg.eval.max_iter >= cfg.forward.max_iter and cfg.eval.tol == 1e-4
+    if name == "anderson":  # training solves reach the evaluation tolerance (docs/stability.md)
+        assert cfg.forward.tol == cfg.eval.tol
 
 
 @pytest.mark.parametrize("solve", SOLVERS)
