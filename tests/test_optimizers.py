@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from conftest import TINY
 from eqdeq_cli import CONFIG_DIR
 from eqdeq_cli.engine.checkpoint import load_checkpoint
-from eqdeq_cli.engine.optimizers import build_optimizer, build_scheduler
+from eqdeq_cli.engine.optim_config import build_optimizer, build_scheduler
 from eqdeq_cli.runs import train as run
 
 #: Optimizers of torch.optim that cannot take an ordinary training step: SparseAdam needs sparse

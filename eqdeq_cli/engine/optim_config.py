@@ -17,14 +17,20 @@ target's signature:
 
 Every error is a ``ValueError`` (or ``KeyError`` for an unknown option) whose message names
 the full key, e.g. ``trainer.optimizer.lr``.
+
+The trainer builds both with :func:`build_optimizer` and :func:`build_scheduler`, from plain
+Python values (``_convert_="all"``): an option given as a config list (``betas=[0.9, 0.99]``)
+would otherwise stay an OmegaConf ``ListConfig`` inside the optimizer's ``param_groups``, and
+so inside every checkpoint, which ``torch.load(weights_only=True)`` then refuses to read.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from hydra._internal.utils import _locate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..utils.checks import is_finite_real
@@ -139,3 +145,13 @@ def check_optimizer_and_scheduler(optimizer: DictConfig | Mapping[str, Any],
         build_schedule(sched.options)
     except (ValueError, TypeError) as exc:
         raise sched.blame(exc, build_schedule) from None
+
+
+def build_optimizer(node: Any, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """``node`` (a ``_partial_`` optimizer config) called with ``params``."""
+    return instantiate(node, _convert_="all")(params)
+
+
+def build_scheduler(node: Any, optimizer: torch.optim.Optimizer, max_steps: int) -> Any:
+    """``node`` (a ``_partial_`` schedule config) called as ``factory(optimizer, max_steps=max_steps)``."""
+    return instantiate(node, _convert_="all")(optimizer, max_steps=max_steps)

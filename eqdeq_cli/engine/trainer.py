@@ -36,7 +36,7 @@ from .evaluate import EvalResult, evaluate_and_record
 from .logs import MetricsCSV, TensorBoard, format_metrics, progress_bar
 from ..analysis.contraction import spectral_norm_per_sample
 from .metrics import PSNR_CAP_DB, compared_images, psnr
-from .optimizers import build_optimizer, build_scheduler
+from .optim_config import build_optimizer, build_scheduler
 from .rng import capture_rng_state, data_order, restore_rng_state
 from .settings import EvalSettings, TrainerSettings
 
