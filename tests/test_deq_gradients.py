@@ -69,7 +69,9 @@ def reference_map(fmap, y: torch.Tensor):
     if isinstance(fmap, HQSMap):
         return lambda z: denoiser(conjugate_gradient(lambda v: physics.AtA(v) + v / gamma, Aty + z / gamma,
                                                      x0=z, n_iter=fmap.cg_iters, tol=fmap.cg_tol))
-    return lambda z: denoiser(z - gamma * (physics.A_adjoint(physics.A(z)) - Aty))
+    eta = getattr(fmap, "anchor", 0.0)
+    x0 = physics.A_dagger(y)
+    return lambda z: denoiser((1 - eta) * (z - gamma * (physics.A_adjoint(physics.A(z)) - Aty)) + eta * x0)
 
 
 def reference_call(fmap, y: torch.Tensor, steps: int = 150) -> torch.Tensor:
@@ -116,7 +118,9 @@ def ei_loss(f, y, physics, alpha: float = 0.5):
     return (physics.A(x1) - y).pow(2).sum() + alpha * (x3 - x2).pow(2).sum()
 
 
-@pytest.mark.parametrize("map_cls, options", [(ProxGradMap, {}), (HQSMap, {"cg_iters": 4, "cg_tol": 0.0})])
+@pytest.mark.parametrize("map_cls, options", [(ProxGradMap, {}), (ProxGradMap, {"anchor": 0.3}),
+                                              (HQSMap, {"cg_iters": 4, "cg_tol": 0.0})],
+                         ids=["prox_grad", "prox_grad_anchored", "hqs"])
 def test_implicit_gradient_matches_long_unrolling_from_the_fixed_point(map_cls, options):
     fmap, physics, y = make_problem(map_cls, **options)
     y = y.requires_grad_()
@@ -351,8 +355,9 @@ def test_implicit_gradient_under_bf16_autocast_stays_close_to_float32():
         assert float((a - b).norm() / b.norm()) < 2e-2
 
 
-def test_closed_form_data_step_transpose_equals_autograd():
-    fmap, physics, y = make_problem()
+@pytest.mark.parametrize("anchor", [0.0, 0.3])
+def test_closed_form_data_step_transpose_equals_autograd(anchor):
+    fmap, physics, y = make_problem(anchor=anchor)
     ctx = fmap.prepare(y)
     g = torch.Generator().manual_seed(3)
     z = torch.randn(y.shape[0], 1, 8, 8, generator=g, dtype=DT).requires_grad_()

@@ -162,6 +162,39 @@ def test_learned_step_is_capped_at_two_over_the_squared_norm():
     assert float(lip) <= 1.0 + 1e-9
 
 
+@pytest.mark.parametrize("anchor", [0.1, 0.5])
+def test_an_anchored_map_contracts_on_the_nullspace(anchor):
+    # A has a nullspace and the denoiser is the identity: the plain map's Jacobian is I on the
+    # nullspace (‖J‖ = 1), the anchored one's is (1 − η)(I − γAᵀA), of norm exactly 1 − η.
+    from eqdeq_cli.deq import ProxGradMap
+    from eqdeq_cli.physics import DenseMatrixPhysics
+
+    physics = DenseMatrixPhysics(torch.diag(torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=DT)), img_shape=(1, 2, 2))
+    y = torch.randn(2, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+    lips = {}
+    for eta in (0.0, anchor):
+        fmap = ProxGradMap(nn.Identity(), physics, anchor=eta).to(DT)
+        ctx = fmap.prepare(y)
+        lips[eta] = spectral_norm_per_sample(lambda z: fmap(z, ctx), torch.zeros(2, 1, 2, 2, dtype=DT),
+                                             n_iter=50, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(lips[0.0], torch.ones(2, dtype=DT), rtol=1e-9)
+    assert torch.allclose(lips[anchor], torch.full((2,), 1 - anchor, dtype=DT), rtol=1e-9)
+    # The fixed point of the anchored map with D = I solves z = (1 − η)(z − γAᵀ(Az − y)) + η A†y.
+    deq = DEQ(fmap, grad="implicit", forward_solver=functools.partial(anderson_solve, max_iter=200, tol=1e-12))
+    with torch.no_grad():
+        z = deq(y)
+        torch.testing.assert_close(fmap(z, fmap.prepare(y)), z, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("anchor", [-0.1, 1.0, float("nan")])
+def test_an_anchor_outside_zero_one_is_refused(anchor):
+    from eqdeq_cli.deq import ProxGradMap
+    from eqdeq_cli.physics import DenseMatrixPhysics
+
+    with pytest.raises(ValueError, match=r"anchor must be a real number in \[0.0, 1.0\)"):
+        ProxGradMap(nn.Identity(), DenseMatrixPhysics(torch.eye(4, dtype=DT), img_shape=(1, 2, 2)), anchor=anchor)
+
+
 def test_a_step_above_its_cap_is_refused():
     from eqdeq_cli.deq import ProxGradMap
     from eqdeq_cli.physics import DenseMatrixPhysics

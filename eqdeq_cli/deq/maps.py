@@ -26,10 +26,12 @@ from eqdeq_cli.utils.checks import check_int, check_real
 
 @dataclass
 class MapContext:
-    """Per-solve quantities of a map: the measurements ``y`` and ``Aᵀy``."""
+    """Per-solve quantities of a map: the measurements ``y``, ``Aᵀy`` and, for an anchored
+    :class:`ProxGradMap`, the anchor ``x₀ = A†y``."""
 
     y: torch.Tensor
     Aty: torch.Tensor
+    x0: torch.Tensor | None = None
 
 
 class _StepMap(nn.Module):
@@ -90,9 +92,15 @@ class ProxGradMap(_StepMap):
         learn_step: whether ``γ`` is trained.
         step_max: the largest ``γ`` used (a learned ``γ`` above it is clamped); ``None`` uses
             ``2/‖A‖²``, the largest step for which the gradient step is non-expansive.
+        anchor: ``η ∈ [0, 1)``. With ``η > 0`` the denoiser sees
+            ``(1 − η)(z − γAᵀ(Az − y)) + η A†y``: the map is anchored to ``A†y`` (an input
+            injection, as in Halpern's iteration), so ``Lip_z(T) ≤ (1 − η) Lip(D)`` also on the
+            nullspace of ``A``, where the gradient step alone is the identity. ``0`` is the
+            plain map.
 
     Raises:
-        ValueError: a step that is not a positive finite number, or ``step_init > step_max``.
+        ValueError: a step that is not a positive finite number, ``step_init > step_max``, or
+            ``anchor`` outside ``[0, 1)``.
 
     Example:
         >>> from eqdeq_cli.physics import DenseMatrixPhysics
@@ -104,8 +112,10 @@ class ProxGradMap(_StepMap):
     """
 
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
-                 learn_step: bool = True, step_max: float | None = None) -> None:
+                 learn_step: bool = True, step_max: float | None = None, anchor: float = 0.0) -> None:
         super().__init__(denoiser, physics, step_init, learn_step)
+        check_real("anchor", anchor, low=0.0, high=1.0, low_inclusive=True, high_inclusive=False)
+        self.anchor = float(anchor)
         if step_max is None:
             step_max = 2.0 / self.operator_norm() ** 2
         check_real("step_max", step_max, low=0.0)
@@ -118,18 +128,30 @@ class ProxGradMap(_StepMap):
         """The step ``γ = min(exp(log γ), step_max)`` (a 0-d tensor, always positive)."""
         return self.log_step.exp().clamp(max=self.step_max)
 
+    def prepare(self, y: torch.Tensor) -> MapContext:
+        """Quantities computed once per solve: ``y``, ``Aᵀy`` and, when anchored, ``A†y``."""
+        ctx = super().prepare(y)
+        if self.anchor > 0:
+            ctx.x0 = self.physics.A_dagger(y)
+        return ctx
+
     def data_step(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
-        """The gradient step ``u = z − γ(AᵀA z − Aᵀy)`` (the denoiser's input), ``(B, C, H, W)``."""
+        """The denoiser's input, ``(B, C, H, W)``: the gradient step ``z − γ(AᵀA z − Aᵀy)``,
+        mixed with ``A†y`` when anchored."""
         gamma = self.step.to(z.dtype)
-        return z - gamma * (self.physics.AtA(z) - ctx.Aty)
+        u = z - gamma * (self.physics.AtA(z) - ctx.Aty)
+        if self.anchor > 0:
+            u = (1.0 - self.anchor) * u + self.anchor * ctx.x0
+        return u
 
     def data_step_vjp(self, w: torch.Tensor) -> torch.Tensor:
-        r"""``(∂u/∂z)ᵀ w = (I − γAᵀA) w`` in closed form (the Jacobian of the gradient step is
-        symmetric), without autograd; ``w`` of shape ``(B, C, H, W)``. Exact when
+        r"""``(∂u/∂z)ᵀ w = (1 − η)(I − γAᵀA) w`` in closed form (the Jacobian of the data
+        step is symmetric), without autograd; ``w`` of shape ``(B, C, H, W)``. Exact when
         ``A_adjoint`` is the adjoint of ``A``."""
         with torch.no_grad():
             gamma = self.step.to(w.dtype)
-            return w - gamma * self.physics.AtA(w)
+            v = w - gamma * self.physics.AtA(w)
+            return (1.0 - self.anchor) * v if self.anchor > 0 else v
 
     def forward(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
         return self.denoiser(self.data_step(z, ctx))
