@@ -62,7 +62,8 @@ class GradientMode:
     #: Whether the reconstruction is a fixed point of the map (so its contraction there means something).
     has_fixed_point: ClassVar[bool] = True
 
-    def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+    def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext,
+                    start: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -76,8 +77,9 @@ def _needs_graph(deq: "DEQ", y: torch.Tensor) -> bool:
 class _FixedPointMode(GradientMode):
     """Solve to the fixed point without autograd; subclasses attach the gradient."""
 
-    def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext) -> torch.Tensor:
-        z_star, stats = deq.solve(y, ctx)
+    def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext,
+                    start: torch.Tensor | None = None) -> torch.Tensor:
+        z_star, stats = deq.solve(y, ctx, start=start)
         if not _needs_graph(deq, y):
             return deq.fmap(z_star, ctx)
         return self.tracked_step(deq, z_star.detach(), ctx, stats)
@@ -215,8 +217,9 @@ class UnrolledGradient(GradientMode):
         check_int("unroll_steps", unroll_steps, 1)
         self.unroll_steps = unroll_steps
 
-    def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext) -> torch.Tensor:
-        z = deq.fmap.init(y)
+    def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext,
+                    start: torch.Tensor | None = None) -> torch.Tensor:
+        z = deq.fmap.init(y)  # ``start`` is ignored: the unrolled network is defined from A†y
         z_prev = z
         for _ in range(self.unroll_steps):
             z_prev, z = z, deq.fmap(z, ctx)

@@ -185,13 +185,21 @@ class DEQ(nn.Module):
             self.reset_warm_start()
         return super().train(mode)
 
-    def _start(self, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _start(self, y: torch.Tensor, start: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         """The starting point of a solve, and how many samples came from the sample cache.
-        A half-precision start (an operator run under autocast) is promoted to float32, the
-        precision the solver iterates in."""
+        A given ``start`` wins over ``warm_start`` and the sample cache. A half-precision
+        start (an operator run under autocast) is promoted to float32, the precision the
+        solver iterates in."""
         z0 = self.fmap.init(y)
+        if start is not None:
+            if start.shape != z0.shape:
+                raise ValueError(f"start must have the reconstruction's shape {tuple(z0.shape)}, "
+                                 f"got {tuple(start.shape)}")
+            z0 = start.detach().to(z0.dtype)
         if z0.dtype in (torch.float16, torch.bfloat16):
             z0 = z0.float()
+        if start is not None:
+            return z0, 0
         prev = self._previous
         if self.warm_start and prev is not None and prev.shape == z0.shape \
                 and prev.dtype == z0.dtype and prev.device == z0.device:
@@ -208,14 +216,20 @@ class DEQ(nn.Module):
         if fw.nonfinite:
             log.warning("DEQ forward solve met a non-finite residual (or diverged) after %d iterations", fw.iterations)
 
-    def solve(self, y: torch.Tensor, ctx: MapContext, *, record: bool = True) -> tuple[torch.Tensor, DEQStats]:
+    def solve(self, y: torch.Tensor, ctx: MapContext, *, record: bool = True,
+              start: torch.Tensor | None = None) -> tuple[torch.Tensor, DEQStats]:
         """The fixed point ``z*`` of ``z ↦ T(z; y)`` without autograd, and the call's stats.
         Training mode uses ``forward_solver``, eval mode ``eval_solver``. ``record``: keep the
         stats (:meth:`record`) and the solution for ``warm_start``, as a call of the layer does;
-        ``False`` leaves the layer's state as it was (a measurement beside training)."""
+        ``False`` leaves the layer's state as it was (a measurement beside training).
+        ``start``: the solve's starting point, ``(B, C, H, W)`` (default: ``A†y``, or the
+        ``warm_start`` / sample-cache start).
+
+        Raises:
+            ValueError: ``start`` of another shape than the reconstruction."""
         solver = self.forward_solver if self.training else self.eval_solver
         with torch.no_grad():
-            z0, hits = self._start(y)
+            z0, hits = self._start(y, start)
             z_star, fstats = solver(lambda z: self.fmap(z, ctx), z0.detach())
         stats = DEQStats(forward=fstats, mode=self.grad, cache_hits=hits)
         if record:
@@ -226,6 +240,10 @@ class DEQ(nn.Module):
                 self.sample_cache.store(y, z_star)
         return z_star, stats
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """The reconstruction ``(B, C, H, W)`` of measurements ``y``. ``start``: where the
+        fixed-point solve begins (detached; it changes how many iterations the solve takes,
+        not the gradient); ignored by the unrolled mode, whose reconstruction is defined by
+        its steps from ``A†y``."""
         ctx: MapContext = self.fmap.prepare(y)
-        return self.gradient.reconstruct(self, y, ctx)
+        return self.gradient.reconstruct(self, y, ctx, start=start)
