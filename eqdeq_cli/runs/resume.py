@@ -45,6 +45,17 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "evaluation.batch_size", "evaluation.n_images", "data.cache_dir",
 )
 
+#: Config keys added after checkpoints were first written, with the value that gives the model
+#: and training those checkpoints had. A checkpoint whose config lacks such a key matches a
+#: config holding that value (so runs of an earlier version still resume); any other value is
+#: a different experiment.
+ADDED_KEYS: dict[str, Any] = {
+    "map.anchor": 0.0,
+    "grad.sample_cache": 0,
+    "grad.closed_form_vjp": True,
+    "loss.terms.ei.start_at_x2": False,
+}
+
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 #: The files that make a directory hold a run (``resume=never`` refuses it).
@@ -146,6 +157,8 @@ def config_differences(saved: Any, new: Any, path: str = "") -> list[str]:
         out: list[str] = []
         for key in [*new, *(k for k in saved if k not in new)]:
             sub = f"{path}.{key}" if path else str(key)
+            if key not in saved and sub in ADDED_KEYS and _same_value(new[key], ADDED_KEYS[sub]):
+                continue
             if key not in saved or key not in new:
                 if not _resumable(sub):
                     out.append(f"{sub}: {_show(saved.get(key, _ABSENT))} → {_show(new.get(key, _ABSENT))}")
