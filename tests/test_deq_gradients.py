@@ -66,11 +66,12 @@ def reference_map(fmap, y: torch.Tensor):
     """The map written out from its definition, independent of ``fmap.prepare`` / ``fmap.forward``."""
     physics, denoiser, gamma = fmap.physics, fmap.denoiser, fmap.step.to(y.dtype)
     Aty = physics.A_adjoint(y)
-    if isinstance(fmap, HQSMap):
-        return lambda z: denoiser(conjugate_gradient(lambda v: physics.AtA(v) + v / gamma, Aty + z / gamma,
-                                                     x0=z, n_iter=fmap.cg_iters, tol=fmap.cg_tol))
-    eta = getattr(fmap, "anchor", 0.0)
+    eta = fmap.anchor
     x0 = physics.A_dagger(y)
+    if isinstance(fmap, HQSMap):
+        return lambda z: denoiser((1 - eta) * conjugate_gradient(lambda v: physics.AtA(v) + v / gamma, Aty + z / gamma,
+                                                                 x0=z, n_iter=fmap.cg_iters, tol=fmap.cg_tol)
+                                  + eta * x0)
     return lambda z: denoiser((1 - eta) * (z - gamma * (physics.A_adjoint(physics.A(z)) - Aty)) + eta * x0)
 
 
@@ -119,8 +120,9 @@ def ei_loss(f, y, physics, alpha: float = 0.5):
 
 
 @pytest.mark.parametrize("map_cls, options", [(ProxGradMap, {}), (ProxGradMap, {"anchor": 0.3}),
-                                              (HQSMap, {"cg_iters": 4, "cg_tol": 0.0})],
-                         ids=["prox_grad", "prox_grad_anchored", "hqs"])
+                                              (HQSMap, {"cg_iters": 4, "cg_tol": 0.0}),
+                                              (HQSMap, {"cg_iters": 4, "cg_tol": 0.0, "anchor": 0.3})],
+                         ids=["prox_grad", "prox_grad_anchored", "hqs", "hqs_anchored"])
 def test_implicit_gradient_matches_long_unrolling_from_the_fixed_point(map_cls, options):
     fmap, physics, y = make_problem(map_cls, **options)
     y = y.requires_grad_()

@@ -162,18 +162,21 @@ def test_learned_step_is_capped_at_two_over_the_squared_norm():
     assert float(lip) <= 1.0 + 1e-9
 
 
+@pytest.mark.parametrize("map_name", ["ProxGradMap", "HQSMap"])
 @pytest.mark.parametrize("anchor", [0.1, 0.5])
-def test_an_anchored_map_contracts_on_the_nullspace(anchor):
+def test_an_anchored_map_contracts_on_the_nullspace(anchor, map_name):
     # A has a nullspace and the denoiser is the identity: the plain map's Jacobian is I on the
-    # nullspace (‖J‖ = 1), the anchored one's is (1 − η)(I − γAᵀA), of norm exactly 1 − η.
-    from eqdeq_cli.deq import ProxGradMap
+    # nullspace (‖J‖ = 1), the anchored one's is (1 − η) times the data step's, of norm exactly 1 − η.
+    from eqdeq_cli import deq as deq_module
     from eqdeq_cli.physics import DenseMatrixPhysics
+
+    map_cls = getattr(deq_module, map_name)
 
     physics = DenseMatrixPhysics(torch.diag(torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=DT)), img_shape=(1, 2, 2))
     y = torch.randn(2, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
     lips = {}
     for eta in (0.0, anchor):
-        fmap = ProxGradMap(nn.Identity(), physics, anchor=eta).to(DT)
+        fmap = map_cls(nn.Identity(), physics, anchor=eta).to(DT)
         ctx = fmap.prepare(y)
         lips[eta] = spectral_norm_per_sample(lambda z: fmap(z, ctx), torch.zeros(2, 1, 2, 2, dtype=DT),
                                              n_iter=50, generator=torch.Generator().manual_seed(0))
@@ -188,11 +191,12 @@ def test_an_anchored_map_contracts_on_the_nullspace(anchor):
 
 @pytest.mark.parametrize("anchor", [-0.1, 1.0, float("nan")])
 def test_an_anchor_outside_zero_one_is_refused(anchor):
-    from eqdeq_cli.deq import ProxGradMap
+    from eqdeq_cli.deq import HQSMap, ProxGradMap
     from eqdeq_cli.physics import DenseMatrixPhysics
 
-    with pytest.raises(ValueError, match=r"anchor must be a real number in \[0.0, 1.0\)"):
-        ProxGradMap(nn.Identity(), DenseMatrixPhysics(torch.eye(4, dtype=DT), img_shape=(1, 2, 2)), anchor=anchor)
+    for map_cls in (ProxGradMap, HQSMap):
+        with pytest.raises(ValueError, match=r"anchor must be a real number in \[0.0, 1.0\)"):
+            map_cls(nn.Identity(), DenseMatrixPhysics(torch.eye(4, dtype=DT), img_shape=(1, 2, 2)), anchor=anchor)
 
 
 def test_a_step_above_its_cap_is_refused():

@@ -203,3 +203,8 @@ def test_preflight_of_the_default_ct_run_emits_no_warning(compose_cfg, caplog):
     with caplog.at_level(logging.WARNING):
         assert check_group(physics, group, loss) is None
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_an_anchored_preset_builds_with_the_other_map(compose_cfg):
+    comps = build_components(compose_cfg(["experiment=mri_ei_implicit", "map=hqs", "data=tiny"]))
+    assert type(comps.deq.fmap).__name__ == "HQSMap" and comps.deq.fmap.anchor == 0.05

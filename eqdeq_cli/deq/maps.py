@@ -27,7 +27,7 @@ from eqdeq_cli.utils.checks import check_int, check_real
 @dataclass
 class MapContext:
     """Per-solve quantities of a map: the measurements ``y``, ``Aᵀy`` and, for an anchored
-    :class:`ProxGradMap`, the anchor ``x₀ = A†y``."""
+    map, the anchor ``x₀ = A†y``."""
 
     y: torch.Tensor
     Aty: torch.Tensor
@@ -38,8 +38,10 @@ class _StepMap(nn.Module):
     """Shared parts: the denoiser, the physics, the positive step ``γ``."""
 
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, step_init: float | None,
-                 learn_step: bool) -> None:
+                 learn_step: bool, anchor: float = 0.0) -> None:
         super().__init__()
+        check_real("anchor", anchor, low=0.0, high=1.0, low_inclusive=True, high_inclusive=False)
+        self.anchor = float(anchor)
         if not isinstance(denoiser, nn.Module):
             raise TypeError(f"denoiser must be an nn.Module, got {type(denoiser).__name__}")
         if not isinstance(physics, LinearPhysics):
@@ -73,9 +75,18 @@ class _StepMap(nn.Module):
         return self.log_step.exp()
 
     def prepare(self, y: torch.Tensor) -> MapContext:
-        """Quantities computed once per solve: ``y`` and ``Aᵀy``."""
+        """Quantities computed once per solve: ``y``, ``Aᵀy`` and, when anchored, ``A†y``."""
         self.physics.check_measurement(y)
-        return MapContext(y=y, Aty=self.physics.A_adjoint(y))
+        ctx = MapContext(y=y, Aty=self.physics.A_adjoint(y))
+        if self.anchor > 0:
+            ctx.x0 = self.physics.A_dagger(y)
+        return ctx
+
+    def anchored(self, u: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+        """The denoiser's input: ``(1 − η) u + η A†y``, or ``u`` itself when ``η = 0``."""
+        if self.anchor > 0:
+            return (1.0 - self.anchor) * u + self.anchor * ctx.x0
+        return u
 
     def init(self, y: torch.Tensor) -> torch.Tensor:
         """Starting point ``z₀ = A†y`` (FBP, zero-filled inverse FFT, masked image, ...)."""
@@ -113,9 +124,7 @@ class ProxGradMap(_StepMap):
 
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
                  learn_step: bool = True, step_max: float | None = None, anchor: float = 0.0) -> None:
-        super().__init__(denoiser, physics, step_init, learn_step)
-        check_real("anchor", anchor, low=0.0, high=1.0, low_inclusive=True, high_inclusive=False)
-        self.anchor = float(anchor)
+        super().__init__(denoiser, physics, step_init, learn_step, anchor)
         if step_max is None:
             step_max = 2.0 / self.operator_norm() ** 2
         check_real("step_max", step_max, low=0.0)
@@ -128,21 +137,11 @@ class ProxGradMap(_StepMap):
         """The step ``γ = min(exp(log γ), step_max)`` (a 0-d tensor, always positive)."""
         return self.log_step.exp().clamp(max=self.step_max)
 
-    def prepare(self, y: torch.Tensor) -> MapContext:
-        """Quantities computed once per solve: ``y``, ``Aᵀy`` and, when anchored, ``A†y``."""
-        ctx = super().prepare(y)
-        if self.anchor > 0:
-            ctx.x0 = self.physics.A_dagger(y)
-        return ctx
-
     def data_step(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
         """The denoiser's input, ``(B, C, H, W)``: the gradient step ``z − γ(AᵀA z − Aᵀy)``,
         mixed with ``A†y`` when anchored."""
         gamma = self.step.to(z.dtype)
-        u = z - gamma * (self.physics.AtA(z) - ctx.Aty)
-        if self.anchor > 0:
-            u = (1.0 - self.anchor) * u + self.anchor * ctx.x0
-        return u
+        return self.anchored(z - gamma * (self.physics.AtA(z) - ctx.Aty), ctx)
 
     def data_step_vjp(self, w: torch.Tensor) -> torch.Tensor:
         r"""``(∂u/∂z)ᵀ w = (1 − η)(I − γAᵀA) w`` in closed form (the Jacobian of the data
@@ -173,11 +172,14 @@ class HQSMap(_StepMap):
         learn_step: whether ``γ`` is trained.
         cg_iters: conjugate-gradient steps per application (when no closed form exists).
         cg_tol: relative residual at which CG stops early.
+        anchor: ``η ∈ [0, 1)``: the denoiser sees ``(1 − η) prox_{γf}(z) + η A†y`` (as in
+            :class:`ProxGradMap`; the proximal map is also the identity on the nullspace).
     """
 
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
-                 learn_step: bool = True, cg_iters: int = 10, cg_tol: float = 1e-6) -> None:
-        super().__init__(denoiser, physics, step_init, learn_step)
+                 learn_step: bool = True, cg_iters: int = 10, cg_tol: float = 1e-6,
+                 anchor: float = 0.0) -> None:
+        super().__init__(denoiser, physics, step_init, learn_step, anchor)
         check_int("cg_iters", cg_iters, 1)
         if isinstance(cg_tol, bool) or not isinstance(cg_tol, (int, float)) or not cg_tol >= 0:
             raise ValueError(f"cg_tol must be a number >= 0, got {cg_tol!r}")
@@ -194,4 +196,4 @@ class HQSMap(_StepMap):
                                   x0=z, n_iter=self.cg_iters, tol=self.cg_tol)
 
     def forward(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
-        return self.denoiser(self.prox(z, ctx))
+        return self.denoiser(self.anchored(self.prox(z, ctx), ctx))
