@@ -486,3 +486,13 @@ def test_a_start_of_the_wrong_shape_is_refused():
     fmap, physics, y = make_problem()
     with pytest.raises(ValueError, match=r"start must have the reconstruction's shape \(3, 1, 8, 8\), got \(3, 1, 4, 4\)"):
         make_deq(fmap, "implicit")(y, start=torch.zeros(3, 1, 4, 4, dtype=DT))
+
+
+def test_a_float32_start_is_not_rounded_to_a_half_precision_starting_image():
+    # Under autocast the operator may return A†y in bfloat16; a given start keeps its precision.
+    fmap, physics, y = make_problem()
+    deq = make_deq(fmap, "implicit")
+    start = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float32)
+    fmap.init = lambda v: physics.A_dagger(v).to(torch.bfloat16)
+    z0, hits = deq._start(y.float(), start)
+    assert z0.dtype == torch.float32 and torch.equal(z0, start) and hits == 0

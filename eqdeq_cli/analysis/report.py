@@ -85,7 +85,8 @@ def analysis_stages(settings: AnalysisSettings) -> tuple[str, ...]:
 
 def denoiser_input(fmap: torch.nn.Module, z: torch.Tensor, ctx: Any) -> torch.Tensor:
     """The input the map's denoiser receives in ``fmap(z, ctx)`` (captured by a hook, so
-    it works for any map: ``z − γAᵀ(Az − y)`` for prox-gradient, ``prox_γf(z)`` for HQS)."""
+    it works for any map: ``z − γAᵀ(Az − y)`` for prox-gradient, ``prox_γf(z)`` for HQS,
+    each mixed with ``A†y`` when the map is anchored)."""
     seen: list[torch.Tensor] = []
     handle = fmap.denoiser.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
     try:

@@ -133,10 +133,11 @@ class ImplicitGradient(_FixedPointMode):
     one. Such samples are counted in :attr:`DEQStats.fallbacks` and logged by the trainer.
 
     Maps of the form ``T(z) = D(u(z))`` whose inner step has a closed-form transpose
-    (:class:`~eqdeq_cli.deq.maps.ProxGradMap`: ``u = z − γAᵀ(Az − y)``, ``(∂u/∂z)ᵀ = I − γAᵀA``)
-    expose ``data_step`` and ``data_step_vjp``; with ``closed_form_vjp`` each backward
-    iteration then differentiates only the denoiser by autograd and applies ``I − γAᵀA``
-    directly: the same ``Jᵀv``, without recording or replaying the operator's graph.
+    (:class:`~eqdeq_cli.deq.maps.ProxGradMap`: ``u = (1 − η)(z − γAᵀ(Az − y)) + η A†y``,
+    ``(∂u/∂z)ᵀ = (1 − η)(I − γAᵀA)``) expose ``data_step`` and ``data_step_vjp``; with
+    ``closed_form_vjp`` each backward iteration then differentiates only the denoiser by
+    autograd and applies ``(1 − η)(I − γAᵀA)`` directly: the same ``Jᵀv``, without recording
+    or replaying the operator's graph.
 
     Args:
         backward_solver: ``solver(f, v0) -> (v, SolverStats)`` for ``v = Jᵀv + g``.
@@ -219,7 +220,8 @@ class UnrolledGradient(GradientMode):
 
     def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext,
                     start: torch.Tensor | None = None) -> torch.Tensor:
-        z = deq.fmap.init(y)  # ``start`` is ignored: the unrolled network is defined from A†y
+        # ``start`` is ignored: the unrolled network is defined from A†y (held by an anchored map's context).
+        z = ctx.x0 if getattr(ctx, "x0", None) is not None else deq.fmap.init(y)
         z_prev = z
         for _ in range(self.unroll_steps):
             z_prev, z = z, deq.fmap(z, ctx)

@@ -185,17 +185,19 @@ class DEQ(nn.Module):
             self.reset_warm_start()
         return super().train(mode)
 
-    def _start(self, y: torch.Tensor, start: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    def _start(self, y: torch.Tensor, start: torch.Tensor | None = None,
+               ctx: MapContext | None = None) -> tuple[torch.Tensor, int]:
         """The starting point of a solve, and how many samples came from the sample cache.
         A given ``start`` wins over ``warm_start`` and the sample cache. A half-precision
         start (an operator run under autocast) is promoted to float32, the precision the
-        solver iterates in."""
-        z0 = self.fmap.init(y)
+        solver iterates in. An anchored map's context already holds ``A†y`` (``ctx.x0``)."""
+        x0 = getattr(ctx, "x0", None)
+        z0 = x0.detach() if x0 is not None else self.fmap.init(y)
         if start is not None:
             if start.shape != z0.shape:
                 raise ValueError(f"start must have the reconstruction's shape {tuple(z0.shape)}, "
                                  f"got {tuple(start.shape)}")
-            z0 = start.detach().to(z0.dtype)
+            z0 = start.detach().to(torch.promote_types(start.dtype, z0.dtype))
         if z0.dtype in (torch.float16, torch.bfloat16):
             z0 = z0.float()
         if start is not None:
@@ -229,7 +231,7 @@ class DEQ(nn.Module):
             ValueError: ``start`` of another shape than the reconstruction."""
         solver = self.forward_solver if self.training else self.eval_solver
         with torch.no_grad():
-            z0, hits = self._start(y, start)
+            z0, hits = self._start(y, start, ctx)
             z_star, fstats = solver(lambda z: self.fmap(z, ctx), z0.detach())
         stats = DEQStats(forward=fstats, mode=self.grad, cache_hits=hits)
         if record:
@@ -242,8 +244,9 @@ class DEQ(nn.Module):
 
     def forward(self, y: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
         """The reconstruction ``(B, C, H, W)`` of measurements ``y``. ``start``: where the
-        fixed-point solve begins (detached; it changes how many iterations the solve takes,
-        not the gradient); ignored by the unrolled mode, whose reconstruction is defined by
-        its steps from ``A†y``."""
+        fixed-point solve begins (detached). Where the solve converges it changes how many
+        iterations it takes, not the fixed point or its gradient; a solve stopped at its
+        iteration cap ends elsewhere. Ignored by the unrolled mode, whose reconstruction is
+        defined by its steps from ``A†y``."""
         ctx: MapContext = self.fmap.prepare(y)
         return self.gradient.reconstruct(self, y, ctx, start=start)

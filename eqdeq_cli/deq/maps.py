@@ -1,9 +1,13 @@
 r"""Fixed-point maps ``T_θ(z; y)`` whose fixed points are the reconstructions.
 
-A map is used in two steps: ``ctx = fmap.prepare(y)`` once per solve (it holds ``y``
-and ``Aᵀy``, computed with autograd on so gradients reach ``y``), then
-``fmap(z, ctx)`` at every iteration. ``fmap.init(y)`` is the starting point
+A map is used in two steps: ``ctx = fmap.prepare(y)`` once per solve (it holds ``y``,
+``Aᵀy`` and, for an anchored map, ``A†y``, computed with autograd on so gradients reach
+``y``), then ``fmap(z, ctx)`` at every iteration. ``fmap.init(y)`` is the starting point
 ``A†y``. Images are ``(B, C, H, W)``; measurements are whatever the physics uses.
+
+Both maps take ``anchor = η ∈ [0, 1)``: the denoiser's input ``u(z)`` is replaced by
+``(1 − η) u(z) + η A†y``, so ``Lip_z(T) ≤ (1 − η) Lip(D)`` also on the nullspace of ``A``,
+where ``u`` alone is the identity (docs/stability.md).
 
 The step ``γ > 0`` is stored as ``log γ`` (a parameter when ``learn_step``, else a
 buffer) and initialised to ``step_init`` or ``1/‖A‖²``. The gradient step
@@ -94,7 +98,8 @@ class _StepMap(nn.Module):
 
 
 class ProxGradMap(_StepMap):
-    r"""Proximal-gradient map ``T(z; y) = D_θ(z − γ (AᵀA z − Aᵀy))``.
+    r"""Proximal-gradient map ``T(z; y) = D_θ(z − γ (AᵀA z − Aᵀy))``; anchored,
+    ``T(z; y) = D_θ((1 − η)(z − γ (AᵀA z − Aᵀy)) + η A†y)``.
 
     Args:
         denoiser: ``(B, C, H, W) -> (B, C, H, W)`` module ``D_θ``.
