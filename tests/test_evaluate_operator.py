@@ -61,6 +61,13 @@ def test_eval_under_the_trained_physics_is_silent_and_recorded(ct_run, tmp_path,
     assert metrics["physics"] == describe_node(saved)
 
 
+def test_eval_with_another_map_setting_says_the_model_is_not_the_trained_one(ct_run, tmp_path, capfd):
+    assert cli.main(["eval", f"ckpt={ct_run}", "map.anchor=0.5", f"hydra.run.dir={tmp_path}"]) == 0
+    assert _warnings(capfd.readouterr().err) == [
+        "evaluating another model than the checkpoint was trained with (map.anchor: 0.0 → 0.5): the trained "
+        "weights are used in it as given"]
+
+
 def test_analyze_under_another_physics_warns_and_records(ct_run, tmp_path, capfd):
     quick = ["analysis.n_images=2", "analysis.n_elements=2", "analysis.n_probes=2", "analysis.power_iter=3",
              "analysis.identifiability_samples=2"]

@@ -27,7 +27,7 @@ from ..engine.settings import resolve_device
 from ..errors import user_error_message
 from ..sweeps.jobs import find_job_dirs
 from ..utils.files import write_json
-from .operator_record import operator_record
+from .operator_record import model_change_warning, operator_record
 from .restore import measurement_sets, restore_run
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,9 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
     split = str(cfg.split)
     run_cfg, comps, payload = restore_run(ckpt, cfg, overrides, split)
     operator, warning = operator_record(payload["config"], run_cfg, record="analysis.json")
-    if warning:
-        log.warning("%s", warning)
+    for message in (warning, model_change_warning(payload["config"], run_cfg)):
+        if message:
+            log.warning("%s", message)
     device = resolve_device(str(run_cfg.trainer.device))
     data = measurement_sets(run_cfg, comps, (split,))[split]
     n = min(settings.n_images, len(data))

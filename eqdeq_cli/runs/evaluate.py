@@ -14,7 +14,7 @@ from ..engine.logs import format_metrics
 from ..engine.settings import eval_settings, resolve_device
 from ..errors import UserError
 from ..utils.files import write_json
-from .operator_record import operator_record
+from .operator_record import model_change_warning, operator_record
 from .restore import measurement_sets, restore_run
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,9 @@ def evaluate_checkpoint(cfg: DictConfig, *, run_dir: str | Path, overrides: Sequ
     split = str(cfg.split)
     run_cfg, comps, payload = restore_run(cfg.ckpt, cfg, overrides, split)
     operator, warning = operator_record(payload["config"], run_cfg)
-    if warning and dist.is_main:
-        log.warning("%s", warning)
+    for message in (warning, model_change_warning(payload["config"], run_cfg)):
+        if message and dist.is_main:
+            log.warning("%s", message)
     es = eval_settings(run_cfg.evaluation)
     device = dist.place(resolve_device(str(run_cfg.trainer.device)))
     data = measurement_sets(run_cfg, comps, (split,))[split]

@@ -64,3 +64,22 @@ def operator_record(saved_config: Mapping[str, Any], run_cfg: DictConfig,
     warning = (f"evaluating under another operator than the checkpoint was trained with ({changes}); "
                f"the results are for the operator given here, recorded as physics in {record}")
     return fields, warning
+
+
+def model_change_warning(saved_config: Mapping[str, Any], run_cfg: DictConfig) -> str | None:
+    """The one-line warning for evaluating a checkpoint with another map or denoiser
+    configuration than it was trained with (``eqdeq eval ckpt=RUN map.anchor=0``): the
+    weights load, but the model is not the trained one. ``None`` when ``map`` and ``model``
+    match (keys added after the checkpoint was written count as matching at their former
+    value, as for resuming)."""
+    from .resume import config_differences
+
+    used = {key: OmegaConf.to_container(run_cfg[key], resolve=True)
+            for key in ("map", "model") if key in run_cfg}
+    trained = {key: saved_config[key] for key in used if key in saved_config}
+    changes = config_differences(trained, {key: used[key] for key in trained})
+    if not changes:
+        return None
+    return (f"evaluating another model than the checkpoint was trained with ({'; '.join(changes)}): "
+            f"the trained weights are used in it as given")
+
