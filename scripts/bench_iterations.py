@@ -18,9 +18,6 @@ Settings (``--settings``, default: all):
   fixed point);
 * ``cache+warm``: also ``grad.warm_start=true`` (the EI loss's second call starts from the
   first call's solution);
-* ``x2``: ``loss.terms.ei.start_at_x2=true`` (the EI loss's second call starts from the
-  transformed first solution ``x₂ = T_g x₁``);
-* ``cache+x2``: both the sample cache and ``start_at_x2``;
 
 Extra overrides for every setting follow ``--`` (e.g. ``-- trainer.max_steps=100``).
 
@@ -40,8 +37,6 @@ SETTINGS = {
     "default": [],
     "cache": ["grad.sample_cache=1024"],
     "cache+warm": ["grad.sample_cache=1024", "grad.warm_start=true"],
-    "x2": ["loss.terms.ei.start_at_x2=true"],
-    "cache+x2": ["grad.sample_cache=1024", "loss.terms.ei.start_at_x2=true"],
 }
 
 

@@ -438,40 +438,6 @@ def test_half_precision_start_is_solved_in_float32():
     assert stats.forward.converged.all()
 
 
-def test_ei_second_call_started_at_x2_gives_the_same_loss_and_gradients():
-    from eqdeq_cli.groups import Shifts
-    from eqdeq_cli.losses import CompositeLoss, EILoss, MCLoss
-
-    fmap, physics, y = make_problem()
-    y = y.requires_grad_()
-    got, starts = {}, {}
-    for start_at_x2 in (False, True):
-        deq = make_deq(fmap, "implicit")
-        calls = []
-
-        def f(v, **options):
-            calls.append(options.get("start"))
-            out = deq(v, **options)
-            calls.append(out.detach())
-            return out
-
-        loss = CompositeLoss(terms={"mc": MCLoss(), "ei": EILoss(weight=0.5, add_noise=False,
-                                                                  start_at_x2=start_at_x2)})
-        total, _ = loss(f, y, physics, Shifts(), generator=torch.Generator().manual_seed(4))
-        got[start_at_x2] = (total.detach(), *gradients(total, fmap, y))
-        assert all(s.forward.converged.all() and s.backward[0].converged.all() for s in deq.pop_stats())
-        starts[start_at_x2] = calls
-    assert starts[False][0] is None and starts[False][2] is None
-    first_start, x1, second_start, _ = starts[True]
-    assert first_start is None and not second_start.requires_grad
-    # The second call started from a shift of the first call's reconstruction (one per sample).
-    for b in range(x1.shape[0]):
-        assert any(torch.equal(second_start[b], torch.roll(x1[b], (i, j), dims=(1, 2)))
-                   for i in range(8) for j in range(8))
-    for a, b in zip(got[True], got[False]):
-        assert float((a - b).norm() / b.norm()) < 1e-8
-
-
 def test_a_solve_started_at_its_fixed_point_stops_at_once():
     fmap, physics, y = make_problem()
     deq = make_deq(fmap, "implicit").eval()

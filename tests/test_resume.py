@@ -55,13 +55,14 @@ def test_config_differences_name_each_changed_key_and_skip_the_resumable_ones():
 def test_a_key_added_later_matches_a_checkpoint_without_it_only_at_the_former_behaviour():
     saved = {"map": {"_target_": "eqdeq_cli.deq.ProxGradMap", "step_max": None},
              "loss": {"terms": {"ei": {"_target_": "eqdeq_cli.losses.EILoss", "weight": "auto"}}}}
+    saved["grad"] = {"mode": "implicit"}
     new = json.loads(json.dumps(saved))
     new["map"]["anchor"] = 0.0
-    new["loss"]["terms"]["ei"]["start_at_x2"] = False
+    new["grad"]["sample_cache"] = 0
     assert config_differences(saved, new) == []
     new["map"]["anchor"] = 0.05
-    new["loss"]["terms"]["ei"]["start_at_x2"] = True
-    assert config_differences(saved, new) == ["map.anchor: (absent) → 0.05", "loss.terms.ei.start_at_x2: (absent) → true"]
+    new["grad"]["sample_cache"] = 64
+    assert config_differences(saved, new) == ["map.anchor: (absent) → 0.05", "grad.sample_cache: (absent) → 64"]
     new["map"]["unknown_new_key"] = 1  # not a registered addition: still a difference
     assert "map.unknown_new_key: (absent) → 1" in config_differences(saved, new)
 

@@ -20,9 +20,7 @@ from ..groups import Group
 from ..physics import LinearPhysics
 from ..utils.checks import check_real
 
-#: ``f(y) -> x``; with ``EILoss(start_at_x2=True)`` also called as ``f(y, start=x)`` (a
-#: :class:`~eqdeq_cli.deq.DEQ` accepts it).
-Reconstructor = Callable[..., torch.Tensor]
+Reconstructor = Callable[[torch.Tensor], torch.Tensor]
 
 
 class LossTerm(nn.Module):

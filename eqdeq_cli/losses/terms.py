@@ -58,12 +58,10 @@ class EILoss(LossTerm):
 
     supports_auto_weight = True
 
-    def __init__(self, *, weight: float | str = "auto", detach_x2: bool = False, add_noise: bool = True,
-                 start_at_x2: bool = False) -> None:
+    def __init__(self, *, weight: float | str = "auto", detach_x2: bool = False, add_noise: bool = True) -> None:
         super().__init__(weight)
         self.detach_x2 = bool(detach_x2)
         self.add_noise = bool(add_noise)
-        self.start_at_x2 = bool(start_at_x2)
 
     def auto_weight(self, physics: LinearPhysics) -> float:
         alpha = float(physics.mean_eigenvalue())
@@ -80,12 +78,11 @@ class EILoss(LossTerm):
         if self.add_noise:
             z2_const = z2.detach()
             z2 = z2 + (physics.noise(z2_const, generator=generator) - z2_const)
-        x3 = f(z2, start=x2.detach()) if self.start_at_x2 else f(z2)
+        x3 = f(z2)
         return sq_norm(x3 - x2) / image_elements(x1)
 
     def extra_repr(self) -> str:
-        return (f"weight={self.weight!r}, detach_x2={self.detach_x2}, add_noise={self.add_noise}, "
-                f"start_at_x2={self.start_at_x2}")
+        return f"weight={self.weight!r}, detach_x2={self.detach_x2}, add_noise={self.add_noise}"
 
 
 class SupervisedLoss(LossTerm):

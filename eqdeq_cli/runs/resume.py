@@ -53,7 +53,6 @@ ADDED_KEYS: dict[str, Any] = {
     "map.anchor": 0.0,
     "grad.sample_cache": 0,
     "grad.closed_form_vjp": True,
-    "loss.terms.ei.start_at_x2": False,
 }
 
 CHECKPOINTS = "checkpoints"
