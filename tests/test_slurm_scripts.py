@@ -55,7 +55,7 @@ def make_env(tmp_path: Path, torchrun_body: str = "", **slurm: str) -> dict[str,
         path = shims / name
         path.write_text(SHIM.format(name=name, body=body))
         path.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "EQDEQ_", "CUDA_VISIBLE"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "EQDEQ_", "CUDA_VISIBLE", "OMP_NUM_THREADS"))}
     env.update(
         PATH=f"{shims}{os.pathsep}{env['PATH']}",
         SHIM_LOG=str(tmp_path / "calls.log"),
