@@ -208,3 +208,12 @@ def test_preflight_of_the_default_ct_run_emits_no_warning(compose_cfg, caplog):
 def test_an_anchored_preset_builds_with_the_other_map(compose_cfg):
     comps = build_components(compose_cfg(["experiment=mri_ei_implicit", "map=hqs", "data=tiny"]))
     assert type(comps.deq.fmap).__name__ == "HQSMap" and comps.deq.fmap.anchor == 0.05
+
+
+def test_a_bad_anchor_is_one_line_naming_the_map(tmp_path, capfd):
+    from eqdeq_cli import cli
+
+    assert cli.main(["train", "debug=smoke", "map.anchor=1.5", f"hydra.run.dir={tmp_path}"]) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert "map: anchor must be a real number in [0.0, 1.0), got 1.5" in err

@@ -88,7 +88,10 @@ def build_reconstructor(cfg: DictConfig, physics: LinearPhysics, denoiser: nn.Mo
         raise KeyError(f"unknown solver config keys {extra}; valid: forward, backward, eval")
 
     make_map = instantiate(cfg.map)
-    fmap = make_map(denoiser=denoiser, physics=physics)
+    try:
+        fmap = make_map(denoiser=denoiser, physics=physics)
+    except ValueError as exc:
+        raise ValueError(f"map: {exc}") from None
     solvers = {}
     for name in ("forward", "backward", "eval"):
         solvers[name] = instantiate(cfg.solver[name])
