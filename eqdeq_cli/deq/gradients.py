@@ -70,6 +70,13 @@ class GradientMode:
         return f"grad={self.name!r}"
 
 
+def initial_point(deq: "DEQ", y: torch.Tensor, ctx: MapContext) -> torch.Tensor:
+    """``A†y``, the solve's default start: the anchored map's ``ctx.x0`` when the context
+    holds it (computed once per call), else ``fmap.init(y)``."""
+    x0 = getattr(ctx, "x0", None)
+    return x0 if x0 is not None else deq.fmap.init(y)
+
+
 def _needs_graph(deq: "DEQ", y: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (y.requires_grad or any(p.requires_grad for p in deq.fmap.parameters()))
 
@@ -220,8 +227,7 @@ class UnrolledGradient(GradientMode):
 
     def reconstruct(self, deq: "DEQ", y: torch.Tensor, ctx: MapContext,
                     start: torch.Tensor | None = None) -> torch.Tensor:
-        # ``start`` is ignored: the unrolled network is defined from A†y (held by an anchored map's context).
-        z = ctx.x0 if getattr(ctx, "x0", None) is not None else deq.fmap.init(y)
+        z = initial_point(deq, y, ctx)  # ``start`` is ignored: the unrolled network is defined from A†y
         z_prev = z
         for _ in range(self.unroll_steps):
             z_prev, z = z, deq.fmap(z, ctx)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..utils.checks import check_int
-from .gradients import GRAD_MODES, DEQStats, GradientMode, Solver, gradient_mode
+from .gradients import GRAD_MODES, DEQStats, GradientMode, Solver, gradient_mode, initial_point
 from .maps import MapContext
 
 log = logging.getLogger(__name__)
@@ -190,9 +190,8 @@ class DEQ(nn.Module):
         """The starting point of a solve, and how many samples came from the sample cache.
         A given ``start`` wins over ``warm_start`` and the sample cache. A half-precision
         start (an operator run under autocast) is promoted to float32, the precision the
-        solver iterates in. An anchored map's context already holds ``A†y`` (``ctx.x0``)."""
-        x0 = getattr(ctx, "x0", None)
-        z0 = x0.detach() if x0 is not None else self.fmap.init(y)
+        solver iterates in."""
+        z0 = initial_point(self, y, ctx).detach()
         if start is not None:
             if start.shape != z0.shape:
                 raise ValueError(f"start must have the reconstruction's shape {tuple(z0.shape)}, "

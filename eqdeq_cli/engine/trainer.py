@@ -59,8 +59,8 @@ class _RecordFirstOutput:
         self.model = model
         self.first: torch.Tensor | None = None
 
-    def __call__(self, y: torch.Tensor, **options) -> torch.Tensor:
-        out = self.model(y, **options)
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        out = self.model(y)
         if self.first is None:
             self.first = out.detach()
         return out
