@@ -1,4 +1,5 @@
-"""The components of a run, built from the config: data source, physics, group, denoiser, DEQ, loss.
+"""The components of a run, built from the config: data source, physics, group, denoiser, DEQ, loss
+and an optional regulariser of the equilibrium.
 
 Every component is built by ``hydra.utils.instantiate`` from its node's ``_target_``,
 so adding an option is adding a class and a YAML file; nothing here names a class.
@@ -30,6 +31,8 @@ class Components:
     denoiser: nn.Module
     deq: DEQ
     loss: Any
+    #: A regulariser of the equilibrium (``cfg.regularizer``), or ``None``.
+    regularizer: Any = None
 
 
 def build_data(cfg: DictConfig) -> DataSource:
@@ -65,8 +68,15 @@ def build_loss(cfg: DictConfig) -> Any:
     return instantiate(cfg.loss)
 
 
+def build_regularizer(cfg: DictConfig) -> Any:
+    """The regulariser of ``cfg.regularizer`` (``eqdeq train regularizer=jacobian``), or ``None``
+    when the config has none (the default)."""
+    node = cfg.get("regularizer")
+    return instantiate(node) if node is not None and "_target_" in node else None
+
+
 def build_components(cfg: DictConfig) -> Components:
-    """Build data, physics, group, denoiser, DEQ and loss from the composed config.
+    """Build data, physics, group, denoiser, DEQ, loss and regulariser from the composed config.
 
     The denoiser's initial weights are drawn from torch's global RNG: seed it first.
     """
@@ -76,7 +86,10 @@ def build_components(cfg: DictConfig) -> Components:
     denoiser = build_denoiser(cfg, channels=int(data.channels))
     deq = build_reconstructor(cfg, physics, denoiser)
     loss = build_loss(cfg)
-    log.info("data %s | physics %s | group %s | denoiser %s (%d parameters) | grad %s",
+    regularizer = build_regularizer(cfg)
+    log.info("data %s | physics %s | group %s | denoiser %s (%d parameters) | grad %s%s",
              data, type(physics).__name__, type(group).__name__, type(denoiser).__name__,
-             sum(p.numel() for p in denoiser.parameters()), deq.grad)
-    return Components(data=data, physics=physics, group=group, denoiser=denoiser, deq=deq, loss=loss)
+             sum(p.numel() for p in denoiser.parameters()), deq.grad,
+             f" | regularizer {regularizer!r}" if regularizer is not None else "")
+    return Components(data=data, physics=physics, group=group, denoiser=denoiser, deq=deq, loss=loss,
+                      regularizer=regularizer)

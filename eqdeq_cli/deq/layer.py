@@ -128,6 +128,9 @@ class DEQ(nn.Module):
 
     Attributes:
         last_stats: :class:`DEQStats` of the most recent call (``None`` before any call).
+        keep_equilibria: when true, every training-mode call that solves for a fixed point
+            keeps ``(z*, ctx)`` for :meth:`pop_equilibria` (a regulariser of the equilibrium
+            reads them; see :mod:`eqdeq_cli.deq.regularizers`). Off by default.
 
     Shapes: ``y`` as the physics measures it; the output ``(B, C, H, W)``.
     """
@@ -157,6 +160,8 @@ class DEQ(nn.Module):
         self.last_stats: DEQStats | None = None
         self._recent: deque[DEQStats] = deque(maxlen=_STATS_KEPT)
         self._previous: torch.Tensor | None = None
+        self.keep_equilibria = False
+        self._equilibria: list[tuple[torch.Tensor, MapContext]] = []
         check_int("sample_cache", sample_cache, 0)
         self.sample_cache = FixedPointCache(sample_cache) if sample_cache else None
 
@@ -173,6 +178,13 @@ class DEQ(nn.Module):
         """Stats of every call since the last pop (at most 64, oldest first), then forget them."""
         out = list(self._recent)
         self._recent.clear()
+        return out
+
+    def pop_equilibria(self) -> list[tuple[torch.Tensor, MapContext]]:
+        """The ``(z*, ctx)`` of every training-mode solve since the last pop (detached ``z*``,
+        ``(B, C, H, W)``), kept while :attr:`keep_equilibria` is true; then forget them."""
+        out = self._equilibria
+        self._equilibria = []
         return out
 
     def reset_warm_start(self) -> None:
@@ -235,6 +247,8 @@ class DEQ(nn.Module):
         stats = DEQStats(forward=fstats, mode=self.grad, cache_hits=hits)
         if record:
             self.record(stats)
+            if self.keep_equilibria and self.training:
+                self._equilibria.append((z_star.detach(), ctx))
             if self.warm_start:
                 self._previous = z_star.detach()
             if self.sample_cache is not None and self.training and not fstats.nonfinite:

@@ -71,6 +71,10 @@ class Trainer:
 
     Args:
         deq, physics, group, loss: the built components (``physics`` is ``deq``'s).
+        regularizer: a regulariser of the equilibrium (e.g.
+            :class:`~eqdeq_cli.deq.regularizers.JacobianPenalty`) or ``None``: each step adds
+            ``regularizer.weight ×`` its value at the step's fixed points to the loss, logged
+            as ``loss_<regularizer.name>``.
         train_data, val_data: datasets of ``{"y"}`` or ``{"x", "y"}`` tensors (see
             :func:`~eqdeq_cli.engine.measurements.simulate_measurements`).
         settings, eval_settings: see :mod:`eqdeq_cli.engine.settings`.
@@ -92,8 +96,13 @@ class Trainer:
                  settings: TrainerSettings, eval_settings: EvalSettings, run_dir: Path, seed: int,
                  config: dict[str, Any], device: torch.device,
                  callbacks: tuple[StepCallback, ...] = (), dist: Distributed | None = None,
-                 stop_event: threading.Event | None = None) -> None:
+                 stop_event: threading.Event | None = None, regularizer: Any = None) -> None:
         self.deq, self.physics, self.group, self.loss = deq, physics, group, loss
+        if regularizer is not None and not deq.gradient.has_fixed_point:
+            raise ValueError(f"regularizer {type(regularizer).__name__} acts on the DEQ's fixed point, which "
+                             f"grad={deq.grad} does not compute; use grad=implicit or grad=jfb")
+        self.regularizer = regularizer
+        deq.keep_equilibria = regularizer is not None
         self.train_data, self.val_data = train_data, val_data
         self.settings, self.eval_settings = settings, eval_settings
         self.run_dir, self.seed, self.config, self.device = Path(run_dir), int(seed), config, device
@@ -193,10 +202,13 @@ class Trainer:
         x = self.train_data.tensors["x"][idx].to(self.device) if "x" in self.train_data.tensors else None
         f = _RecordFirstOutput(self.deq)
         self.deq.pop_stats()
+        self.deq.pop_equilibria()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast(), self._draws():
             total, terms = self.loss(f, y, self.physics, self.group,
                                      x=x if self.uses_ground_truth else None, generator=self.loss_generator)
+        if self.regularizer is not None:
+            total, terms = self._regularize(total, terms)
         values = torch.tensor([float(total.detach()), *(float(v) for v in terms.values())], dtype=torch.float64)
         values = self.dist.all_reduce_sum(values) / self.dist.world_size
         out: dict[str, float] = {"loss": float(values[0])}
@@ -237,6 +249,20 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return out
+
+    def _regularize(self, total: torch.Tensor, terms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        """``total + weight × R`` with ``R`` the regulariser at this step's fixed points (probes
+        drawn from a generator seeded by the run's seed and the step, so a resumed run draws the
+        same ones); ``terms`` gains ``R`` under the regulariser's name and the new total."""
+        reg = self.regularizer
+        generator = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self.step + 500_009)
+        with self._autocast():
+            value = reg(self.deq.fmap, self.deq.pop_equilibria(), generator=generator)
+        total = total + reg.weight * value
+        terms = {k: v for k, v in terms.items() if k != "total"}
+        terms[reg.name] = float(value.detach())
+        terms["total"] = float(total.detach())
+        return total, terms
 
     def _solver_numbers(self) -> dict[str, float]:
         calls = self.deq.pop_stats()

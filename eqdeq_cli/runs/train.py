@@ -91,7 +91,7 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
     trainer = Trainer(deq=comps.deq, physics=comps.physics, group=comps.group, loss=comps.loss,
                       train_data=sets["train"], val_data=sets["val"], settings=settings, eval_settings=es,
                       run_dir=run_dir, seed=int(cfg.seed), config=config, device=device, callbacks=tuple(callbacks),
-                      dist=dist, stop_event=stop_event)
+                      dist=dist, stop_event=stop_event, regularizer=comps.regularizer)
     if found is not None:
         source, checkpoint = found
         try:
