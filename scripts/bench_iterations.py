@@ -21,6 +21,7 @@ Settings (``--settings``, default: all):
 * ``tol1e-3``: the training solve stops at a relative residual of 1e-3 instead of 1e-4
   (same 60-iteration cap, so the network still trains at its fixed point, to a looser tolerance);
 * ``tol1e-3+cache``: both.
+* ``jac1e-4``, ``jac1e-3``: Jacobian regularisation (``regularizer=jacobian``) of that weight.
 
 Extra overrides for every setting follow ``--`` (e.g. ``-- trainer.max_steps=100``).
 
@@ -42,6 +43,8 @@ SETTINGS = {
     "cache+warm": ["grad.sample_cache=1024", "grad.warm_start=true"],
     "tol1e-3": ["solver.forward.tol=1e-3"],
     "tol1e-3+cache": ["solver.forward.tol=1e-3", "grad.sample_cache=1024"],
+    "jac1e-4": ["regularizer=jacobian", "regularizer.weight=1e-4"],
+    "jac1e-3": ["regularizer=jacobian", "regularizer.weight=1e-3"],
 }
 
 
