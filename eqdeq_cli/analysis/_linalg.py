@@ -70,10 +70,14 @@ class Linearization:
             (g,) = torch.autograd.grad(self.out, self.x, u, retain_graph=True, allow_unused=True)
         return torch.zeros_like(self.x) if g is None else g.detach()
 
-    def jvp(self, v: torch.Tensor) -> torch.Tensor:
-        """``J v`` for ``v`` shaped like the input."""
+    def jvp(self, v: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+        """``J v`` for ``v`` shaped like the input. ``differentiable``: keep the product's graph,
+        so that a loss of ``J v`` reaches ``fn``'s parameters (a penalty on the Jacobian)."""
         if not self._jt_w.requires_grad:  # fn does not depend on x (or is constant in it)
             return torch.zeros_like(self.out).detach()
         with torch.enable_grad():
-            (g,) = torch.autograd.grad(self._jt_w, self._w, v, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(self.out).detach() if g is None else g.detach()
+            (g,) = torch.autograd.grad(self._jt_w, self._w, v, retain_graph=True, allow_unused=True,
+                                       create_graph=differentiable)
+        if g is None:
+            return torch.zeros_like(self.out).detach()
+        return g if differentiable else g.detach()

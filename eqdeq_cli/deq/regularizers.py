@@ -123,13 +123,7 @@ class SpectralPenalty(nn.Module):
         v, _ = bnormalize(randn_like(z_star, generator))
         for _ in range(self.iters):
             v, _ = bnormalize(lin.vjp(lin.jvp(v)))
-        del lin
-        z = z_star.detach().requires_grad_()
-        fz = fmap(z, ctx)
-        w = torch.zeros_like(fz, requires_grad=True)
-        (jt_w,) = torch.autograd.grad(fz, z, w, create_graph=True)
-        (jv,) = torch.autograd.grad(jt_w, w, v.to(jt_w.dtype), create_graph=True)
-        return bnorm(jv.float())
+        return bnorm(lin.jvp(v, differentiable=True).float())
 
     def forward(self, fmap: nn.Module, equilibria: Sequence[tuple[torch.Tensor, MapContext]],
                 generator: torch.Generator | None = None) -> torch.Tensor:

@@ -317,8 +317,9 @@ class Trainer:
         if not value < CONTRACTION_WARNING:
             log.warning("step %d: the fixed-point map is not a contraction at its solution on this batch "
                         "(‖∂T/∂z‖₂ ≈ %.4f, at least %g): the forward solve may stall and implicit gradients fall "
-                        "back to JFB. Anchoring the map (map.anchor=0.05, as the MRI and inpainting presets do) or a "
-                        "contractive denoiser (model=dncnn_averaged) helps; see docs/stability.md",
+                        "back to JFB. Anchoring the map (map.anchor=0.05, as the MRI and inpainting presets do), a penalty "
+                        "on ‖∂T/∂z‖₂ (regularizer=spectral) or a contractive denoiser (model=dncnn_averaged) helps; "
+                        "see docs/stability.md",
                         self.step + 1, value, CONTRACTION_WARNING)
         return value
 
