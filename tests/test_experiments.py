@@ -65,8 +65,21 @@ def test_ct_presets_keep_the_default_run_size(compose_cfg):
     default = compose_cfg([])
     for method in METHODS:
         cfg = compose_cfg([f"experiment=ct_{method}"])
-        for key in ("data", "physics", "model", "solver", "trainer"):
+        for key in ("data", "physics", "model", "solver"):
             assert cfg[key] == default[key], f"ct_{method} changes {key} of the default run"
+        budget = ("max_steps", "max_minutes")
+        assert {k: v for k, v in cfg.trainer.items() if k not in budget} == \
+            {k: v for k, v in default.trainer.items() if k not in budget}, f"ct_{method} changes the training loop"
+
+
+@pytest.mark.parametrize("preset", [f"{task}_{method}" for task in TASKS for method in METHODS])
+def test_every_preset_trains_within_its_budget(compose_cfg, preset):
+    """300 steps under a 5.5-minute cap, so a preset's run, evaluation included, fits in 6 minutes
+    on the 2-core CPU the budgets were measured on; the default run keeps its 400 steps."""
+    cfg = compose_cfg([f"experiment={preset}"])
+    assert (cfg.trainer.max_steps, cfg.trainer.max_minutes) == (300, 5.5)
+    default = compose_cfg([])
+    assert (default.trainer.max_steps, default.trainer.max_minutes) == (400, 8)
 
 
 def test_the_old_mri_preset_name_is_the_implicit_preset(compose_cfg):
