@@ -230,3 +230,15 @@ def test_a_bad_anchor_is_one_line_naming_the_map(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "Traceback" not in err
     assert "map: anchor must be a real number in [0.0, 1.0), got 1.5" in err
+
+
+def test_only_the_supervised_mri_reference_carries_the_spectral_penalty(compose_cfg):
+    """Supervised MRI grows an expansive map without it (docs/stability.md); every other preset
+    trains without a regulariser, so the methods of a task still differ only in loss and gradient."""
+    for task in TASKS:
+        for method in METHODS:
+            cfg = compose_cfg([f"experiment={task}_{method}"])
+            if (task, method) == ("mri", "supervised"):
+                assert cfg.regularizer._target_ == "eqdeq_cli.deq.SpectralPenalty"
+            else:
+                assert cfg.get("regularizer") is None, f"{task}_{method}"
