@@ -31,14 +31,14 @@ alike), median over ``--repeats`` after one warm-up call each:
   optimizer update (the weights stay the same, so every repeat computes the same step; an
   update of these few parameters costs well under a millisecond).
 
-Reported per variant: the time of its first calls (step first, as in training; then forward,
-tracked call, VJP; for the compiled variants this is the compilation, with the number of graphs compiled), the
-medians and the ratio ``eager / variant`` (> 1: the variant is faster) with the median of
-the per-repeat ratios, on the wall and process-CPU clocks; and the largest deviation from
-eager of the forward output, the VJP (after every replay of the kept graph), the step's
-loss and the step's parameter gradients, each tensor relative to its own largest magnitude
-(float32 rounding, amplified by the solves, gives about 1e-3 on the step; 1e-2 and above is
-a different result).
+Reported per variant: the time of its first calls (step first, as in training; then
+forward, tracked call, VJP; for the compiled variants this is the compilation, with the
+number of graphs compiled); the medians and the ratio ``eager / variant`` (> 1: the
+variant is faster) with the median of the per-repeat ratios, on the wall and process-CPU
+clocks; and the largest deviation from eager of the forward output, the VJP (after every
+replay of the kept graph), the step's loss and the step's parameter gradients, each tensor
+relative to its own largest magnitude (float32 rounding, amplified by the solves, gives
+about 1e-3 on the step; 1e-2 and above is a different result).
 
 The implicit backward replays the tracked denoiser call's graph once per backward
 iteration (``retain_graph=True``). A graph compiled by ``torch.compile`` frees ("donates")
@@ -203,7 +203,8 @@ def report(times: dict[str, dict[str, list[float]]]) -> None:
         ref = by_name["eager"]
         for name, ts in by_name.items():
             med = statistics.median(ts)
-            line = f"  {clock:4s} {name:22s} median {1e3 * med:9.2f} ms  (min {1e3 * min(ts):.2f}, max {1e3 * max(ts):.2f})"
+            line = (f"  {clock:4s} {name:22s} median {1e3 * med:9.2f} ms  "
+                    f"(min {1e3 * min(ts):.2f}, max {1e3 * max(ts):.2f})")
             if name != "eager":
                 pair = statistics.median(r / t for r, t in zip(ref, ts))
                 line += f"  eager/{name}: x{statistics.median(ref) / med:.2f} (per-repeat median x{pair:.2f})"
