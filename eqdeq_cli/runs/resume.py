@@ -34,8 +34,8 @@ RESUME_CHOICES = ("auto", "never")
 #: how long it trains (``max_steps``, the time cap), where and how it runs (device,
 #: compilation, memory layout), how often it logs, validates and checkpoints, how evaluation
 #: is batched and how many images it saves, where data is cached, and the command's own keys.
-#: Every other key defines the experiment (data, physics, group, model, map, solvers, gradient mode, loss,
-#: optimizer, schedule, batch size, seeds, precision, monitored metric) and must match.
+#: Every other key defines the experiment (data, physics, group, model, map, solvers, gradient
+#: mode, loss, optimizer, schedule, batch size, seeds, precision, monitored metric) and must match.
 RESUMABLE_KEYS: tuple[str, ...] = (
     "task", "resume", "trust",
     "trainer.max_steps", "trainer.max_minutes", "trainer.max_bad_steps",
