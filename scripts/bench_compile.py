@@ -13,8 +13,8 @@ Variants (``--variants``), each a copy of the same denoiser:
 * ``eager``: the module as it is;
 * ``compile``: ``module.compile()`` (what ``trainer.compile=true`` does), default mode;
 * ``compile_static``: ``module.compile(dynamic=False)``;
-* ``channels_last``: weights and activations in ``torch.channels_last``
-  (the output is made contiguous again, as the solvers flatten it);
+* ``channels_last``: the module's 4-D weights in ``torch.channels_last`` (what
+  ``trainer.channels_last=true`` does); convolutions then produce channels-last activations;
 * ``compile+channels_last``: both.
 
 Measured, interleaving the variants repeat by repeat (so load from other jobs hits all
@@ -89,23 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class ChannelsLast(nn.Module):
-    """``net`` with its weights and activations in channels-last layout; input and output
-    ``(B, C, H, W)``, the output contiguous in the default layout."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net.to(memory_format=torch.channels_last)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.contiguous(memory_format=torch.channels_last)).contiguous()
-
-
 def make_variant(denoiser: nn.Module, name: str) -> nn.Module:
     """A copy of ``denoiser`` (same weights) in the layout and compilation ``name`` says."""
     d = copy.deepcopy(denoiser)
-    if name.endswith("channels_last"):
-        d = ChannelsLast(d)
+    if name.endswith("channels_last"):  # what trainer.channels_last does
+        d.to(memory_format=torch.channels_last)
     if name.startswith("compile"):
         d.compile(dynamic=False if name == "compile_static" else None)
     return d
