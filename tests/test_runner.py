@@ -193,3 +193,20 @@ def test_an_unknown_monitor_fails_before_training(compose_cfg, tmp_path):
     with pytest.raises(ValueError, match=r"trainer.monitor='bogus' is not an evaluation metric; valid: psnr, ssim, "):
         run.train(compose_cfg([*TINY, "trainer.monitor=bogus", "trainer.eval_every=1"]), run_dir=tmp_path)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.csv").exists()
+
+
+def test_channels_last_changes_the_layout_not_the_training(compose_cfg, tmp_path):
+    overrides = [*TINY, "trainer.max_steps=2", "grad=implicit"]
+    default = run.train(compose_cfg(overrides), run_dir=tmp_path / "default")
+    layout = run.train(compose_cfg([*overrides, "trainer.channels_last=true"]), run_dir=tmp_path / "channels_last")
+    a = load_checkpoint(tmp_path / "default" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "channels_last" / "checkpoints" / "last.pt")["model"]
+    assert set(a) == set(b)
+    hidden = [k for k, v in a.items() if v.ndim == 4 and v.shape[1] > 1]  # layouts differ only with C_in > 1
+    assert hidden
+    for key in hidden:
+        assert a[key].is_contiguous() and not a[key].is_contiguous(memory_format=torch.channels_last), key
+        assert b[key].is_contiguous(memory_format=torch.channels_last) and not b[key].is_contiguous(), key
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
+    assert layout["psnr"] == pytest.approx(default["psnr"], abs=1e-3)

@@ -46,6 +46,10 @@ class TrainerSettings:
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
         bf16: bfloat16 autocast for the forward pass (CUDA only; ignored on CPU).
         compile: compile the denoiser with ``torch.compile`` (in place; state dicts unchanged).
+        channels_last: keep the denoiser's 4-D weights, and so its activations, in the
+            ``torch.channels_last`` memory layout (same values, same state dict keys; results
+            equal up to float32 rounding). On CPU this makes the convolutions and their
+            vector–Jacobian products markedly cheaper (``scripts/bench_compile.py``).
         max_steps: optimizer steps in total (a resumed run continues up to it).
         max_minutes: optional wall-clock cap on training, in minutes (accumulated over resumes).
         batch_size: measurements per step.
@@ -68,6 +72,7 @@ class TrainerSettings:
     device: str = "auto"
     bf16: bool = False
     compile: bool = False
+    channels_last: bool = False
     max_steps: int = 100
     max_minutes: float | None = None
     batch_size: int = 4

@@ -32,14 +32,14 @@ RESUME_CHOICES = ("auto", "never")
 
 #: Config keys (and their subtrees) that may differ from the checkpoint's when a run is resumed:
 #: how long it trains (``max_steps``, the time cap), where and how it runs (device,
-#: compilation), how often it logs, validates and checkpoints, how evaluation is batched and
-#: how many images it saves, where data is cached, and the command's own keys. Every other key
-#: defines the experiment (data, physics, group, model, map, solvers, gradient mode, loss,
-#: optimizer, schedule, batch size, seeds, precision, monitored metric) and must match.
+#: compilation, memory layout), how often it logs, validates and checkpoints, how evaluation
+#: is batched and how many images it saves, where data is cached, and the command's own keys.
+#: Every other key defines the experiment (data, physics, group, model, map, solvers, gradient
+#: mode, loss, optimizer, schedule, batch size, seeds, precision, monitored metric) and must match.
 RESUMABLE_KEYS: tuple[str, ...] = (
     "task", "resume", "trust",
     "trainer.max_steps", "trainer.max_minutes", "trainer.max_bad_steps",
-    "trainer.device", "trainer.compile", "trainer.progress", "trainer.tensorboard",
+    "trainer.device", "trainer.compile", "trainer.channels_last", "trainer.progress", "trainer.tensorboard",
     "trainer.log_every", "trainer.eval_every", "trainer.checkpoint_every",
     "trainer.contraction_every", "trainer.contraction_iters",
     "evaluation.batch_size", "evaluation.n_images", "data.cache_dir",

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..analysis import check_group
@@ -86,6 +87,8 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
     sets = measurement_sets(cfg, comps, ("train", "val", "test"))
     comps.deq.to(device)
     comps.loss.to(device) if hasattr(comps.loss, "to") else None
+    if settings.channels_last:
+        comps.denoiser.to(memory_format=torch.channels_last)
     if settings.compile:
         comps.denoiser.compile()
     trainer = Trainer(deq=comps.deq, physics=comps.physics, group=comps.group, loss=comps.loss,
