@@ -176,3 +176,12 @@ def test_help_of_a_hydra_command_does_not_import_the_library():
             "assert 'torch' not in sys.modules, 'torch imported for --help'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_compile_with_a_replayed_backward_is_refused_in_one_line(tmp_path, capfd):
+    assert cli.main(["train", "debug=smoke", "trainer.compile=true", f"hydra.run.dir={tmp_path}"]) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert ("trainer.compile=true cannot be used with grad=implicit, trainer.contraction_every=50: each "
+            "differentiates the compiled denoiser more than once") in err
+    assert not (tmp_path / "checkpoints").exists()

@@ -45,7 +45,8 @@ class TrainerSettings:
     Args:
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
         bf16: bfloat16 autocast for the forward pass (CUDA only; ignored on CPU).
-        compile: compile the denoiser with ``torch.compile`` (in place; state dicts unchanged).
+        compile: compile the denoiser with ``torch.compile`` (in place; state dicts unchanged);
+            refused where its backward would be replayed (:func:`eqdeq_cli.runs.train.check_compile`).
         channels_last: keep the denoiser's 4-D weights, and so its activations, in the
             ``torch.channels_last`` memory layout (same values, same state dict keys; results
             equal up to float32 rounding). On CPU this makes the convolutions and their

@@ -49,6 +49,25 @@ def _read_resume_checkpoint(cfg: DictConfig, run_dir: Path, config: dict[str, An
     return found
 
 
+def check_compile(grad: str, contraction_every: int, regularizer: Any) -> None:
+    """Refuse ``trainer.compile=true`` where the compiled denoiser's backward would be replayed:
+    the implicit backward solve (one VJP per iteration through the kept graph), the contraction
+    estimate and the regularisers (double backward). torch.compile frees a compiled backward's
+    buffers after one use, so these fail, and with that freeing turned off its replays of the
+    default DnCNN differ from the first pass (docs/experiments.md, section 7).
+
+    Raises:
+        ValueError: one of those is configured."""
+    uses = [name for name, on in (("grad=implicit", grad == "implicit"),
+                                  (f"trainer.contraction_every={contraction_every}", contraction_every > 0),
+                                  ("a regularizer", regularizer is not None)) if on]
+    if uses:
+        raise ValueError(f"trainer.compile=true cannot be used with {', '.join(uses)}: each differentiates the "
+                         "compiled denoiser more than once, which torch.compile does not support (it fails, or "
+                         "gives wrong gradients); compile only with grad=jfb or grad=unrolled, "
+                         "trainer.contraction_every=0 and no regularizer (docs/experiments.md, section 7)")
+
+
 def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallback] = (),
           stop_event: threading.Event | None = None, dist: Distributed | None = None,
           on_accepted: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -90,6 +109,7 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
     if settings.channels_last:
         comps.denoiser.to(memory_format=torch.channels_last)
     if settings.compile:
+        check_compile(comps.deq.grad, settings.contraction_every, comps.regularizer)
         comps.denoiser.compile()
     trainer = Trainer(deq=comps.deq, physics=comps.physics, group=comps.group, loss=comps.loss,
                       train_data=sets["train"], val_data=sets["val"], settings=settings, eval_settings=es,
