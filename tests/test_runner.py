@@ -197,8 +197,9 @@ def test_an_unknown_monitor_fails_before_training(compose_cfg, tmp_path):
 
 def test_channels_last_changes_the_layout_not_the_training(compose_cfg, tmp_path):
     overrides = [*TINY, "trainer.max_steps=2", "grad=implicit"]
-    default = run.train(compose_cfg(overrides), run_dir=tmp_path / "default")
-    layout = run.train(compose_cfg([*overrides, "trainer.channels_last=true"]), run_dir=tmp_path / "channels_last")
+    assert compose_cfg(overrides).trainer.channels_last  # the default
+    default = run.train(compose_cfg([*overrides, "trainer.channels_last=false"]), run_dir=tmp_path / "default")
+    layout = run.train(compose_cfg(overrides), run_dir=tmp_path / "channels_last")
     a = load_checkpoint(tmp_path / "default" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "channels_last" / "checkpoints" / "last.pt")["model"]
     assert set(a) == set(b)

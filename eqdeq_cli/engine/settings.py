@@ -73,7 +73,7 @@ class TrainerSettings:
     device: str = "auto"
     bf16: bool = False
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool = True
     max_steps: int = 100
     max_minutes: float | None = None
     batch_size: int = 4
