@@ -24,7 +24,11 @@ measure of the work a step does when torch runs one thread (``--threads 1``).
 torchdeq is a benchmark-only dependency (``pip install 'eqdeq[bench]'``); without it the
 script says so and exits with status 0 after timing eqdeq alone.
 
-Example: ``python scripts/bench_torchdeq.py --threads 1 --repeats 10``.
+``--channels-last`` adds both libraries with the denoiser in channels-last layout: eqdeq so
+is eqdeq as shipped (``trainer.channels_last`` is on by default), and torchdeq so compares
+the two libraries on equal layouts.
+
+Example: ``python scripts/bench_torchdeq.py --threads 1 --repeats 10 --channels-last``.
 """
 from __future__ import annotations
 
@@ -53,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--autograd-vjp", action="store_true",
                    help="also time eqdeq with grad.closed_form_vjp=false (the operator through autograd)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="also time both libraries with the denoiser in channels-last layout (eqdeq's "
+                        "trainer.channels_last=true, its default), so the report holds eqdeq as shipped "
+                        "and both libraries on equal layouts")
     p.add_argument("--quick", action="store_true", help="64², 30 views, batch 4, 5 iterations, 3 repeats")
     args = p.parse_args(argv)
     if args.quick:
@@ -103,6 +111,11 @@ def torchdeq_step_fn(get_deq, fmap: ProxGradMap, physics, y: torch.Tensor, n: in
     return step
 
 
+def channels_last(denoiser: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``denoiser`` in channels-last layout, as ``trainer.channels_last=true`` makes it."""
+    return copy.deepcopy(denoiser).to(memory_format=torch.channels_last)
+
+
 def interleaved(steps: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
     """Time each step function ``repeats`` times, alternating between them after one warm-up
     each; ``{clock: {name: seconds per step}}`` for the wall and the process CPU clocks."""
@@ -144,12 +157,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.autograd_vjp:
         steps["eqdeq autograd vjp"] = eqdeq_step_fn(ProxGradMap(copy.deepcopy(denoiser), physics), physics, y,
                                                     args.iters, closed_form_vjp=False)
+    if args.channels_last:
+        steps["eqdeq channels-last"] = eqdeq_step_fn(ProxGradMap(channels_last(denoiser), physics), physics, y,
+                                                     args.iters)
     if get_deq is None:
         print(f"  torchdeq mode skipped: {info}")
     else:
         print(f"  torchdeq {info}")
         steps["torchdeq"] = torchdeq_step_fn(get_deq, ProxGradMap(copy.deepcopy(denoiser), physics),
                                              physics, y, args.iters)
+        if args.channels_last:
+            steps["torchdeq channels-last"] = torchdeq_step_fn(get_deq, ProxGradMap(channels_last(denoiser), physics),
+                                                               physics, y, args.iters)
     report(interleaved(steps, args.repeats), reference="torchdeq" if "torchdeq" in steps else "eqdeq")
 
 
