@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -66,7 +65,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_deq import add_setup_arguments, build  # noqa: E402  (scripts/ is on the path when run as a script)
-from bench_torchdeq import interleaved  # noqa: E402
+from bench_torchdeq import interleaved, report  # noqa: E402
 
 from eqdeq_cli.deq import DEQ, ProxGradMap, anderson_solve  # noqa: E402
 
@@ -185,20 +184,6 @@ def compare_variants(args: argparse.Namespace) -> dict:
     return {"first": first, "times": times, "deviation": dev, "failed": failed}
 
 
-def report(times: dict[str, dict[str, list[float]]]) -> None:
-    """Median milliseconds per variant and clock, and ``eager / variant`` (> 1: faster)."""
-    for clock, by_name in times.items():
-        ref = by_name["eager"]
-        for name, ts in by_name.items():
-            med = statistics.median(ts)
-            line = (f"  {clock:4s} {name:22s} median {1e3 * med:9.2f} ms  "
-                    f"(min {1e3 * min(ts):.2f}, max {1e3 * max(ts):.2f})")
-            if name != "eager":
-                pair = statistics.median(r / t for r, t in zip(ref, ts))
-                line += f"  eager/{name}: x{statistics.median(ref) / med:.2f} (per-repeat median x{pair:.2f})"
-            print(line, flush=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -214,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:22s} {seconds:7.2f} s  ({graphs} graphs compiled)")
     for what, times in out["times"].items():
         print(f"\n{what}")
-        report(times)
+        report(times, "eager", scale=1e3, unit="ms", label="per-repeat")
     print("\nlargest deviation from eager (per tensor, relative to its largest magnitude)")
     for name, devs in out["deviation"].items():
         print(f"  {name:22s} " + "  ".join(f"{what} {d:.1e}" for what, d in devs.items()))

@@ -131,16 +131,20 @@ def interleaved(steps: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
     return times
 
 
-def report(times: dict[str, dict[str, list[float]]], reference: str) -> None:
+def report(times: dict[str, dict[str, list[float]]], reference: str, *, scale: float = 1.0, unit: str = "s/step",
+           label: str = "per-pair") -> None:
+    """Median time per name and clock (in ``unit``: seconds × ``scale``) and the ratio
+    ``reference / name`` (> 1: ``name`` is faster), with the median of the per-repeat ratios."""
     for clock, by_name in times.items():
         print(f" {clock} clock")
         ref = by_name[reference]
         for name, ts in by_name.items():
             med = statistics.median(ts)
-            line = f"  {name:22s} median {med:7.3f} s/step  (min {min(ts):.3f}, max {max(ts):.3f})"
+            line = (f"  {name:22s} median {scale * med:9.3f} {unit}  "
+                    f"(min {scale * min(ts):.3f}, max {scale * max(ts):.3f})")
             if name != reference:
                 pair = statistics.median(r / t for r, t in zip(ref, ts))
-                line += f"  {reference}/{name}: x{statistics.median(ref) / med:.2f} (per-pair median x{pair:.2f})"
+                line += f"  {reference}/{name}: x{statistics.median(ref) / med:.2f} ({label} median x{pair:.2f})"
             print(line, flush=True)
 
 
