@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+import torch
 
 from ..components import Components, build_components
 from ..engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint_path
@@ -64,7 +65,8 @@ def restore_run(ckpt: str | Path, cfg: DictConfig, overrides: Sequence[str],
 
     Returns ``(run_cfg, components, payload)``: the config saved in the checkpoint with
     ``overrides`` applied from ``cfg``, the components built from it (seeded as the run
-    was) with the checkpoint's weights loaded, and the checkpoint itself. Raises
+    was) with the checkpoint's weights loaded, in the memory layout the run trained in
+    (``trainer.channels_last``), and the checkpoint itself. Raises
     ``ValueError`` for an unknown split and :class:`~eqdeq_cli.errors.CheckpointError`
     for a missing, unreadable or mismatched checkpoint, or
     :class:`~eqdeq_cli.trust.UntrustedTargetError` before anything is built when the
@@ -85,4 +87,7 @@ def restore_run(ckpt: str | Path, cfg: DictConfig, overrides: Sequence[str],
         load_model_state(comps.deq, payload["model"])
     except ValueError as exc:
         raise CheckpointError(f"{ckpt}: {exc}") from exc
+    if OmegaConf.select(run_cfg, "trainer.channels_last", default=False):
+        # the layout training evaluated with, so the numbers are the run's own to the last bit
+        comps.denoiser.to(memory_format=torch.channels_last)
     return run_cfg, comps, payload
