@@ -179,7 +179,8 @@ DDP_RUN = [*TINY, "data.n_train=8", "data.n_test=3", "trainer.batch_size=4", "tr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [["grad=implicit"], ["grad=jfb", "physics/noise=poisson"]])
+@pytest.mark.parametrize("extra", [["grad=implicit"], ["grad=jfb", "physics/noise=poisson"],
+                                   ["grad=implicit", "regularizer=jacobian", "regularizer.weight=1"]])
 def test_two_gloo_processes_give_the_weights_of_one(tmp_path, cache_dir, extra):
     one, two = tmp_path / "one", tmp_path / "two"
     env = {**os.environ, "EQDEQ_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -148,9 +148,10 @@ def test_the_deq_keeps_its_training_fixed_points_only_when_asked():
     assert deq.pop_equilibria() == []
     deq.keep_equilibria = True
     x = deq(y)
-    deq(y)
+    deq(y.clone().requires_grad_())  # as an EI loss's second call, whose y derives from the first's output
     kept = deq.pop_equilibria()
     assert len(kept) == 2 and kept[0][0].shape == x.shape and not kept[0][0].requires_grad
+    assert not any(t.requires_grad for t in (kept[1][1].y, kept[1][1].Aty))  # a penalty reaches only the map
     assert deq.pop_equilibria() == []
     deq.eval()
     with torch.no_grad():

@@ -181,8 +181,9 @@ class DEQ(nn.Module):
         return out
 
     def pop_equilibria(self) -> list[tuple[torch.Tensor, MapContext]]:
-        """The ``(z*, ctx)`` of every training-mode solve since the last pop (detached ``z*``,
-        ``(B, C, H, W)``), kept while :attr:`keep_equilibria` is true; then forget them."""
+        """The ``(z*, ctx)`` of every training-mode solve since the last pop (``z*`` of shape
+        ``(B, C, H, W)``; both detached, so a penalty at the equilibrium reaches only the map's
+        parameters), kept while :attr:`keep_equilibria` is true; then forget them."""
         out = self._equilibria
         self._equilibria = []
         return out
@@ -248,7 +249,7 @@ class DEQ(nn.Module):
         if record:
             self.record(stats)
             if self.keep_equilibria and self.training:
-                self._equilibria.append((z_star.detach(), ctx))
+                self._equilibria.append((z_star.detach(), ctx.detached()))
             if self.warm_start:
                 self._previous = z_star.detach()
             if self.sample_cache is not None and self.training and not fstats.nonfinite:

@@ -37,6 +37,12 @@ class MapContext:
     Aty: torch.Tensor
     x0: torch.Tensor | None = None
 
+    def detached(self) -> "MapContext":
+        """The same context cut from the graph that produced it (for a second call of an EI loss,
+        ``y`` derives from the first reconstruction)."""
+        return MapContext(y=self.y.detach(), Aty=self.Aty.detach(),
+                          x0=None if self.x0 is None else self.x0.detach())
+
 
 class _StepMap(nn.Module):
     """Shared parts: the denoiser, the physics, the positive step ``γ``."""

@@ -182,12 +182,13 @@ class Trainer:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _draws(self) -> contextlib.AbstractContextManager:
-        """Global-batch random draws of the loss on several processes (see :class:`GlobalBatchDraws`)."""
+    def _draws(self, generator: torch.Generator | None = None) -> contextlib.AbstractContextManager:
+        """Global-batch random draws from ``generator`` (default: the loss's) on several processes
+        (see :class:`GlobalBatchDraws`)."""
         if not self.dist.enabled:
             return contextlib.nullcontext()
         rows = self.rank_rows
-        return GlobalBatchDraws(generator=self.loss_generator, local_batch=rows.stop - rows.start,
+        return GlobalBatchDraws(generator=generator or self.loss_generator, local_batch=rows.stop - rows.start,
                                 global_batch=self.settings.batch_size, offset=rows.start,
                                 gather=self.dist.all_gather_batch)
 
@@ -251,12 +252,14 @@ class Trainer:
         return out
 
     def _regularize(self, total: torch.Tensor, terms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
-        """``total + weight × R`` with ``R`` the regulariser at this step's fixed points (probes
-        drawn from a generator seeded by the run's seed and the step, so a resumed run draws the
-        same ones); ``terms`` gains ``R`` under the regulariser's name and the new total."""
+        """``total + weight × R`` with ``R`` the regulariser at this step's fixed points; ``terms``
+        gains ``R`` under the regulariser's name and the new total. The probes come from a
+        generator seeded by the run's seed and the step (a resumed run draws the same ones), drawn
+        for the global batch on several processes (each rank gets the rows one process would give
+        its samples). Computed outside autocast: a hinge near its target needs float32."""
         reg = self.regularizer
         generator = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self.step + 500_009)
-        with self._autocast():
+        with self._draws(generator):
             value = reg(self.deq.fmap, self.deq.pop_equilibria(), generator=generator)
         total = total + reg.weight * value
         terms = {k: v for k, v in terms.items() if k != "total"}
