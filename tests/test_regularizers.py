@@ -193,6 +193,13 @@ def test_a_run_without_it_is_unchanged(compose_cfg):
     assert build_components(cfg).regularizer is None
 
 
+def test_regularizer_none_removes_a_presets_penalty(compose_cfg):
+    from eqdeq_cli.components import build_regularizer
+
+    assert isinstance(build_regularizer(compose_cfg(["experiment=mri_supervised"])), SpectralPenalty)
+    assert build_regularizer(compose_cfg(["experiment=mri_supervised", "regularizer=none"])) is None
+
+
 def test_a_regularized_run_resumes_to_identical_weights(compose_cfg, tmp_path):
     overrides = [*TINY, "regularizer=jacobian", "trainer.max_steps=3", "trainer.scheduler.warmup_steps=1"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
