@@ -101,6 +101,8 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
 
     seed_everything(int(cfg.seed))
     comps = build_components(cfg)
+    if settings.compile:  # a config error: refused before any data is simulated
+        check_compile(comps.deq.grad, settings.contraction_every, comps.regularizer)
     if dist.is_main and (warning := check_group(comps.physics, comps.group, comps.loss)):
         log.warning("%s", warning)
     sets = measurement_sets(cfg, comps, ("train", "val", "test"))
@@ -109,7 +111,6 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
     if settings.channels_last:
         comps.denoiser.to(memory_format=torch.channels_last)
     if settings.compile:
-        check_compile(comps.deq.grad, settings.contraction_every, comps.regularizer)
         comps.denoiser.compile()
     trainer = Trainer(deq=comps.deq, physics=comps.physics, group=comps.group, loss=comps.loss,
                       train_data=sets["train"], val_data=sets["val"], settings=settings, eval_settings=es,
