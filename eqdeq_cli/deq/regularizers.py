@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from ..analysis._linalg import Linearization, bnorm, bnormalize, randn_like
+from ..losses.base import sq_norm
 from ..utils.checks import check_int, check_real
+from ..utils.draws import randn_on_cpu
 from .maps import MapContext
 
 __all__ = ["JacobianPenalty", "SpectralPenalty"]
@@ -71,10 +73,9 @@ class JacobianPenalty(nn.Module):
             fz = fmap(z, ctx)
             n = z[0].numel()
             for _ in range(self.probes):
-                eps = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(device=fz.device,
-                                                                                       dtype=fz.dtype)
+                eps = randn_on_cpu(z.shape, generator, dtype=fz.dtype, device=fz.device, draw_dtype=torch.float32)
                 (jt_eps,) = torch.autograd.grad(fz, z, eps, create_graph=True)
-                terms.append(jt_eps.float().reshape(z.shape[0], -1).pow(2).sum(dim=1) / n)
+                terms.append(sq_norm(jt_eps.float()) / n)
         return torch.cat(terms).mean()
 
     def extra_repr(self) -> str:
