@@ -12,7 +12,7 @@ from eqdeq_cli import cli
 from eqdeq_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from eqdeq_cli.errors import CheckpointError
 from eqdeq_cli.runs import train as run
-from eqdeq_cli.runs.resume import RESUMABLE_KEYS, ResumeRefused, config_differences
+from eqdeq_cli.runs.resume import RESUMABLE_KEYS, ResumeRefused, check_same_experiment, config_differences
 from eqdeq_cli.sweeps.table import collect
 
 RUN = [*TINY, "trainer.max_steps=2", "trainer.checkpoint_every=1"]
@@ -65,6 +65,32 @@ def test_a_key_added_later_matches_a_checkpoint_without_it_only_at_the_former_be
     assert config_differences(saved, new) == ["map.anchor: (absent) → 0.05", "grad.sample_cache: (absent) → 64"]
     new["map"]["unknown_new_key"] = 1  # not a registered addition: still a difference
     assert "map.unknown_new_key: (absent) → 1" in config_differences(saved, new)
+
+
+def test_a_run_whose_default_changed_since_is_told_the_override_that_continues_it(tmp_path):
+    # a checkpoint written before group.interpolation existed and while rotations were continuous
+    saved = {"seed": 0, "group": {"_target_": "eqdeq_cli.groups.Rotations", "max_angle": 180.0, "exact": False,
+                                  "padding": "zeros"},
+             "regularizer": {"_target_": "eqdeq_cli.deq.SpectralPenalty", "weight": 1.0}, "note": None}
+    now = {"seed": 0, "group": {"_target_": "eqdeq_cli.groups.Rotations", "max_angle": 180.0, "exact": True,
+                                "padding": "zeros", "interpolation": "bilinear"},
+           "regularizer": {"_target_": "eqdeq_cli.deq.SpectralPenalty", "weight": 1.0}, "note": None}
+    source = tmp_path / "last.pt"
+    with pytest.raises(ResumeRefused) as err:
+        check_same_experiment(saved, now, source, "auto")
+    assert ("checkpoint → now: group.exact: false → true): to continue it as it was trained, add group.exact=false "
+            "to the command") in str(err.value)
+    now["note"], now["seed"] = "x", 3
+    with pytest.raises(ResumeRefused, match="add seed=0 group.exact=false note=null to the command"):
+        check_same_experiment(saved, now, source, "auto")
+    saved["note"] = "two words"
+    with pytest.raises(ResumeRefused, match="add seed=0 group.exact=false note='two words' to the command"):
+        check_same_experiment(saved, now, source, "auto")
+    # no single override restores a changed class or a removed node: the general advice
+    now["regularizer"] = None
+    with pytest.raises(ResumeRefused, match=r"run the same command as the run did \(its \.hydra/overrides\.yaml\)"):
+        check_same_experiment(saved, now, source, "auto")
+    check_same_experiment(saved, {**saved, "group": {**saved["group"], "interpolation": "bilinear"}}, source, "auto")
 
 
 def test_rerunning_a_directory_with_another_physics_is_refused_and_leaves_the_run_as_it_was(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,6 +54,7 @@ ADDED_KEYS: dict[str, Any] = {
     "map.anchor": 0.0,
     "grad.sample_cache": 0,
     "grad.closed_form_vjp": True,
+    "group.interpolation": "bilinear",
 }
 
 CHECKPOINTS = "checkpoints"
@@ -130,13 +132,18 @@ def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], s
     """Raises :class:`ResumeRefused` when ``config`` (the new run's, resolved) and ``saved`` (the
     checkpoint's) differ in a key outside :data:`RESUMABLE_KEYS`; the message names the keys
     (at most 6), with the saved and the new value."""
-    diffs = config_differences(saved, config)
-    if not diffs:
+    found = _differences(saved, config)
+    if not found:
         return
+    diffs = [_describe(d) for d in found]
     more = f" and {len(diffs) - 6} more" if len(diffs) > 6 else ""
     if resume == "auto":
+        restore = restoring_overrides(found)
         todo = ("run the same command as the run did (its .hydra/overrides.yaml) to continue it, or choose "
                 "another hydra.run.dir for a new run")
+        if restore:
+            todo = (f"to continue it as it was trained, add {' '.join(restore)} to the command (a default may "
+                    "have changed since the run started), or choose another hydra.run.dir for a new run")
     else:
         todo = (f"resume={resume} continues that run's experiment; start a new experiment without resume=, "
                 "or in another hydra.run.dir")
@@ -145,28 +152,61 @@ def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], s
                         "checkpoint cadence may change on resume (see README, Resuming)")
 
 
-def config_differences(saved: Any, new: Any, path: str = "") -> list[str]:
+def config_differences(saved: Any, new: Any) -> list[str]:
     """``"key: saved → new"`` for every difference between two plain configs outside
     :data:`RESUMABLE_KEYS`; a node whose ``_target_`` changed is one difference (its class)."""
+    return [_describe(d) for d in _differences(saved, new)]
+
+
+def restoring_overrides(found: list[tuple[str, Any, Any]]) -> list[str]:
+    """Command-line overrides ``key=value`` that give back the checkpoint's settings, when every
+    difference is a plain value (a number, string, bool or null) present in both configs;
+    otherwise ``[]`` (a changed class or key set is not one override away)."""
+    out = []
+    for path, saved, new in found:
+        if path.endswith("._target_") or saved is _ABSENT or new is _ABSENT \
+                or not all(v is None or isinstance(v, (bool, int, float, str)) for v in (saved, new)):
+            return []
+        out.append(f"{path}={_override_value(saved)}")
+    return out
+
+
+def _override_value(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, str) and not re.fullmatch(r"[\w./:-]+", value):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(value)
+
+
+def _differences(saved: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """``(key, saved, new)`` per difference; for a changed class, ``(key._target_, saved, new)``."""
     if _resumable(path):
         return []
     if isinstance(saved, Mapping) and isinstance(new, Mapping):
         if path and saved.get("_target_") != new.get("_target_"):
-            return [f"{path}: {_short(saved.get('_target_'))} → {_short(new.get('_target_'))}"]
-        out: list[str] = []
+            return [(f"{path}._target_", saved.get("_target_"), new.get("_target_"))]
+        out: list[tuple[str, Any, Any]] = []
         for key in [*new, *(k for k in saved if k not in new)]:
             sub = f"{path}.{key}" if path else str(key)
             if key not in saved and sub in ADDED_KEYS and _same_value(new[key], ADDED_KEYS[sub]):
                 continue
             if key not in saved or key not in new:
                 if not _resumable(sub):
-                    out.append(f"{sub}: {_show(saved.get(key, _ABSENT))} → {_show(new.get(key, _ABSENT))}")
+                    out.append((sub, saved.get(key, _ABSENT), new.get(key, _ABSENT)))
                 continue
-            out += config_differences(saved[key], new[key], sub)
+            out += _differences(saved[key], new[key], sub)
         return out
     if _same_value(saved, new):
         return []
-    return [f"{path}: {_show(saved)} → {_show(new)}"]
+    return [(path, saved, new)]
+
+
+def _describe(diff: tuple[str, Any, Any]) -> str:
+    path, saved, new = diff
+    if path.endswith("._target_"):
+        return f"{path[:-len('._target_')]}: {_short(saved)} → {_short(new)}"
+    return f"{path}: {_show(saved)} → {_show(new)}"
 
 
 _ABSENT = object()
