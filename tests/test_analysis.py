@@ -245,3 +245,13 @@ def test_identifiability_with_the_built_in_groups():
     assert msg is not None and "rotations" in msg.lower()
     assert identifiability_warning(CTRadon(img_size=16, n_views=6), groups.Rotations(), generator=gen(24)) is None
     assert identifiability_warning(Inpainting(img_size=16), groups.Shifts(), generator=gen(24)) is None
+
+
+def test_quarter_turns_with_an_even_number_of_ct_views_are_caught_and_continuous_angles_advised():
+    from eqdeq_cli.groups import Rotations
+
+    quarter = Rotations(exact=True)  # configs/group/rotations.yaml
+    assert identifiability_warning(CTRadon(img_size=16, n_views=7), quarter, generator=gen(25)) is None
+    msg = identifiability_warning(CTRadon(img_size=16, n_views=6), quarter, generator=gen(25))
+    assert msg is not None and "Use a group A is not equivariant to: group=rotations group.exact=false (ρ = " in msg
+    assert "group=rotations (ρ" not in msg  # the group that failed is not offered again

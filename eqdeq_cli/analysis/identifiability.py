@@ -160,19 +160,18 @@ def identifiability(physics: LinearPhysics, group: Group, n_samples: int = 8,
 
 
 def _default_alternatives(group: Group) -> dict[str, Group]:
-    """Default-constructed built-in groups other than ``group``'s class (empty if none exist yet)."""
-    import eqdeq_cli.groups as groups_pkg
+    """The built-in groups as configured by ``configs/group/`` (and continuous rotations),
+    named by the command-line choice that selects them, less the one ``group`` is."""
+    from eqdeq_cli.groups import Reflections, Rotations, Shifts
 
-    out: dict[str, Group] = {}
-    for name in ("Rotations", "Reflections", "Shifts"):
-        cls = getattr(groups_pkg, name, None)
-        if cls is None or isinstance(group, cls):
-            continue
-        try:
-            out[name.lower()] = cls()
-        except TypeError:  # needs arguments we cannot guess
-            continue
-    return out
+    options: dict[str, Group] = {"group=rotations": Rotations(exact=True),
+                                 "group=rotations group.exact=false": Rotations(exact=False),
+                                 "group=reflections": Reflections(), "group=shifts": Shifts()}
+    return {name: cand for name, cand in options.items() if not _same_kind(cand, group)}
+
+
+def _same_kind(a: Group, b: Group) -> bool:
+    return type(a) is type(b) and getattr(a, "exact", None) == getattr(b, "exact", None)
 
 
 def identifiability_warning(physics: LinearPhysics, group: Group, n_samples: int = 8,
@@ -184,7 +183,9 @@ def identifiability_warning(physics: LinearPhysics, group: Group, n_samples: int
 
     Runs :func:`identifiability` (or uses ``report``) and, when transformed nullspace
     images stay invisible, evaluates ``alternatives`` (name → group; default: the
-    built-in groups with their default settings) to name those that would work.
+    built-in groups as ``configs/group/`` sets them up, and continuous rotations, each named
+    by its command-line choice such as ``group=rotations group.exact=false``) to name those
+    that would work.
     ``cg_iter`` and ``dtype`` are passed to :func:`identifiability`.
     """
     if report is None:
@@ -200,7 +201,7 @@ def identifiability_warning(physics: LinearPhysics, group: Group, n_samples: int
         if r["identifiable"]:
             working.append(f"{name} (ρ = {r['rho_mean']:.2f})")
     if working:
-        advice = "Use a group A is not equivariant to: " + ", ".join(working) + "."
+        advice = "Use a group A is not equivariant to: " + "; ".join(working) + "."
     else:
         advice = ("Use a group A is not equivariant to (for a Cartesian MRI mask: rotations or reflections "
                   "rather than shifts).")
