@@ -104,12 +104,12 @@ def test_settings_reject_bad_values():
 # -- eqdeq analyze on a trained checkpoint --------------------------------------------------
 @pytest.fixture(scope="module")
 def trained_run(cache_dir, tmp_path_factory) -> Path:
-    """A one-step tiny CT run with saved reconstructions."""
+    """A one-step tiny CT run with saved reconstructions, trained with continuous rotations."""
     from hydra import compose, initialize_config_dir
 
     run_dir = tmp_path_factory.mktemp("trained")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, "evaluation.n_images=2"])
+        cfg = compose("train", overrides=[*TINY, "evaluation.n_images=2", "group.exact=false"])
     run.train(cfg, run_dir=run_dir)
     return run_dir
 
@@ -123,7 +123,10 @@ def test_analyze_writes_finite_results_next_to_the_checkpoint(trained_run, tmp_p
     report = json.loads((run_dir / "analysis.json").read_text())
     assert set(report["summary"]) == set(SUMMARY_KEYS)
     assert all(math.isfinite(v) for v in report["summary"].values()), report["summary"]
-    assert report["equivariance"]["mask"] == "disc"  # continuous rotations
+    assert report["equivariance"]["mask"] == "disc"  # continuous rotations: inside the inscribed disc
+    # with the default group (quarter turns) the whole image is compared
+    assert cli.main(["analyze", f"ckpt={run_dir}", *QUICK, "group.exact=true", f"analysis.out={tmp_path / 'q'}"]) == 0
+    assert json.loads((tmp_path / "q" / "analysis.json").read_text())["equivariance"]["mask"] is None
     assert len(report["equivariance"]["denoiser"]["per_pair"]) == 2
     assert report["n_images"] == 2 and report["step"] == 1
     assert (run_dir / "analysis.png").stat().st_size > 0 and (run_dir / "analyze.log").is_file()
