@@ -22,6 +22,12 @@ Settings (``--settings``, default: all):
   (same 60-iteration cap, so the network still trains at its fixed point, to a looser tolerance);
 * ``tol1e-3+cache``: both.
 * ``jac1e-4``, ``jac1e-3``: Jacobian regularisation (``regularizer=jacobian``) of that weight.
+* ``bilinear``: continuous rotations resampled bilinearly (``group.exact=false``), the EI group
+  before quarter turns became the default.
+
+``--reach REF`` adds time to quality: with validation during training (``-- trainer.eval_every=25``),
+for each setting the training time (``time_s`` of ``metrics.csv``) at which its validation PSNR first
+reaches the final validation PSNR of setting REF, and that time as a share of REF's training time.
 
 Extra overrides for every setting follow ``--`` (e.g. ``-- trainer.max_steps=100``).
 
@@ -30,6 +36,7 @@ Example: ``python scripts/bench_iterations.py --out /tmp/bench_it``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -45,6 +52,7 @@ SETTINGS = {
     "tol1e-3+cache": ["solver.forward.tol=1e-3", "grad.sample_cache=1024"],
     "jac1e-4": ["regularizer=jacobian", "regularizer.weight=1e-4"],
     "jac1e-3": ["regularizer=jacobian", "regularizer.weight=1e-3"],
+    "bilinear": ["group.exact=false"],
 }
 
 
@@ -52,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for the run directories")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--reach", default=None, choices=list(SETTINGS),
+                   help="report when each setting's validation PSNR reaches this setting's final one")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="extra eqdeq train overrides for every setting")
     return p.parse_args(argv)
@@ -91,6 +101,31 @@ def run_child(name: str, out: Path, overrides: list[str]) -> None:
     (run_dir / "count.json").write_text(json.dumps(summary))
 
 
+def validation_curve(run_dir: Path) -> list[tuple[float, float]]:
+    """``(time_s, psnr)`` of the run's validation rows, in step order."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("split") == "val" and r.get("psnr")]
+    return [(float(r["time_s"]), float(r["psnr"])) for r in sorted(rows, key=lambda r: int(r["step"]))]
+
+
+def report_reach(out: Path, names: list[str], ref: str) -> None:
+    """Print, per setting, when its validation PSNR first reaches ``ref``'s final one."""
+    curves = {name: validation_curve(out / name) for name in names}
+    if len(curves.get(ref, [])) < 2:
+        print(f"--reach {ref}: no validation curve (add trainer.eval_every=N to the overrides)")
+        return
+    ref_time, target = curves[ref][-1]
+    print(f"time to {target:.2f} dB (the final validation PSNR of {ref}, reached there at {ref_time:.0f} s):")
+    for name, curve in curves.items():
+        hit = next(((t, p) for t, p in curve if p >= target), None)
+        when = f"{hit[0]:7.0f} s ({hit[0] / ref_time:5.1%} of {ref}'s time)" if hit else "    not reached"
+        last = f"final {curve[-1][1]:.2f} dB at {curve[-1][0]:.0f} s" if curve else "no validation rows"
+        print(f"  {name:12s} {when}; {last}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
@@ -124,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['train_time_s'] or float('nan'):8.1f} x{faster:5.2f} {r['psnr'] or float('nan'):6.2f} "
               f"{r['ssim'] or float('nan'):6.3f} {conv if conv is not None else float('nan'):5.2f} "
               f"{r['cache_hit_share']:5.2f}")
+    if args.reach:
+        report_reach(args.out, list(rows), args.reach)
 
 
 if __name__ == "__main__":
