@@ -97,6 +97,19 @@ def test_misspelt_overrides_fail_with_hydras_message(tmp_path, capfd, override, 
     _no_traceback(err)
 
 
+@pytest.mark.parametrize("override,expected", [
+    ("regularizer=null", "regularizer=null: regularizer is a config group, set by the name of one of its options "
+                         "(jacobian, none, spectral); regularizer=none removes it"),
+    ("physics/noise=null", "physics/noise=null: physics/noise is a config group, set by the name of one of its "
+                           "options (gaussian, none, poisson, poisson_gaussian); physics/noise=none removes it"),
+])
+def test_a_config_group_set_to_null_names_its_options(tmp_path, capfd, override, expected):
+    code = cli.main(["train", override, f"hydra.run.dir={tmp_path}"])
+    err = capfd.readouterr().err
+    assert code == 1 and err.endswith(f": error: {expected}\n") and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
+
+
 def test_user_error_in_a_run_is_one_line_without_traceback(tmp_path, capfd, cache_dir):
     code = cli.main(["train", *TINY, "physics.img_size=24", f"hydra.run.dir={tmp_path}"])
     err = capfd.readouterr().err

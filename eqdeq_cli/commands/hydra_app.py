@@ -205,6 +205,22 @@ class WritableRunDirectory(Callback):
             raise SystemExit(1) from None
 
 
+def null_group_override(argv: Sequence[str]) -> str | None:
+    """The error for an override that sets a config group to ``null`` (``regularizer=null``),
+    which Hydra rejects with a traceback; ``None`` when there is none. The message lists the
+    group's options."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        group = key.lstrip("+~")
+        if not sep or value.strip() != "null" or not group or not (CONFIG_DIR / group).is_dir():
+            continue
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        hint = f"; {group}=none removes it" if "none" in options else ""
+        return (f"{arg}: {group} is a config group, set by the name of one of its options "
+                f"({', '.join(options)}){hint}")
+    return None
+
+
 def run_app(config_name: str, task: Callable[[DictConfig], Any], argv: Sequence[str], prog: str) -> int:
     """Run ``task`` as the Hydra app of ``configs/<config_name>.yaml`` on the command line ``argv``.
 
@@ -215,6 +231,10 @@ def run_app(config_name: str, task: Callable[[DictConfig], Any], argv: Sequence[
     from ..runs.directory import register_resolvers
 
     register_resolvers()  # before Hydra composes: hydra.run.dir and hydra.sweep.dir use them
+    message = null_group_override(argv)
+    if message:
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        return 1
     app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)
     saved = sys.argv
     sys.argv = [prog, *argv]
