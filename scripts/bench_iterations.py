@@ -53,6 +53,7 @@ SETTINGS = {
     "jac1e-4": ["regularizer=jacobian", "regularizer.weight=1e-4"],
     "jac1e-3": ["regularizer=jacobian", "regularizer.weight=1e-3"],
     "bilinear": ["group.exact=false"],
+    "ramp": ["map.preconditioner=ramp"],
 }
 
 

@@ -58,11 +58,14 @@ def test_a_key_added_later_matches_a_checkpoint_without_it_only_at_the_former_be
     saved["grad"] = {"mode": "implicit"}
     new = json.loads(json.dumps(saved))
     new["map"]["anchor"] = 0.0
+    new["map"]["preconditioner"] = "none"
     new["grad"]["sample_cache"] = 0
     assert config_differences(saved, new) == []
     new["map"]["anchor"] = 0.05
+    new["map"]["preconditioner"] = "ramp"
     new["grad"]["sample_cache"] = 64
-    assert config_differences(saved, new) == ["map.anchor: (absent) → 0.05", "grad.sample_cache: (absent) → 64"]
+    assert config_differences(saved, new) == ["map.anchor: (absent) → 0.05", "map.preconditioner: (absent) → \"ramp\"",
+                                              "grad.sample_cache: (absent) → 64"]
     new["map"]["unknown_new_key"] = 1  # not a registered addition: still a difference
     assert "map.unknown_new_key: (absent) → 1" in config_differences(saved, new)
 

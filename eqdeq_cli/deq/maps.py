@@ -13,7 +13,8 @@ The step ``γ > 0`` is stored as ``log γ`` (a parameter when ``learn_step``, el
 buffer) and initialised to ``step_init`` or ``1/‖A‖²``. The gradient step
 ``z ↦ z − γAᵀ(Az − y)`` is non-expansive for ``γ ∈ (0, 2/‖A‖²]`` (its Jacobian
 ``I − γAᵀA`` has eigenvalues ``1 − γλ``, ``λ ∈ [0, ‖A‖²]``), so :class:`ProxGradMap` caps
-a learned ``γ`` there: a contractive denoiser then keeps the whole map contractive.
+a learned ``γ`` there: a contractive denoiser then keeps the whole map contractive. The
+same holds for the preconditioned step ``z − γAᵀP(Az − y)`` with ``‖AᵀPA‖`` for ``‖A‖²``.
 """
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ from eqdeq_cli.linalg import conjugate_gradient
 from eqdeq_cli.physics.base import LinearPhysics
 from eqdeq_cli.utils.checks import check_int, check_real
 
+#: Choices of :class:`ProxGradMap`'s ``preconditioner``.
+PRECONDITIONERS = ("none", "ramp")
+
 
 @dataclass
 class MapContext:
-    """Per-solve quantities of a map: the measurements ``y``, ``Aᵀy`` and, for an anchored
-    map, the anchor ``x₀ = A†y``."""
+    """Per-solve quantities of a map: the measurements ``y``, ``Aᵀy`` (``AᵀPy`` for a
+    preconditioned map) and, for an anchored map, the anchor ``x₀ = A†y``."""
 
     y: torch.Tensor
     Aty: torch.Tensor
@@ -48,7 +52,7 @@ class _StepMap(nn.Module):
     """Shared parts: the denoiser, the physics, the positive step ``γ``."""
 
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, step_init: float | None,
-                 learn_step: bool, anchor: float = 0.0) -> None:
+                 learn_step: bool, anchor: float = 0.0, preconditioned: bool = False) -> None:
         super().__init__()
         check_real("anchor", anchor, low=0.0, high=1.0, low_inclusive=True, high_inclusive=False)
         self.anchor = float(anchor)
@@ -56,6 +60,7 @@ class _StepMap(nn.Module):
             raise TypeError(f"denoiser must be an nn.Module, got {type(denoiser).__name__}")
         if not isinstance(physics, LinearPhysics):
             raise TypeError(f"physics must be a LinearPhysics, got {type(physics).__name__}")
+        self.preconditioned = bool(preconditioned)
         self._norm: float | None = None
         self.denoiser = denoiser
         self.physics = physics
@@ -71,9 +76,9 @@ class _StepMap(nn.Module):
             self.register_buffer("log_step", log_step)
 
     def operator_norm(self) -> float:
-        """``‖A‖₂`` of the physics (computed once)."""
+        """``‖A‖₂`` of the physics, or ``‖P^½A‖₂`` for a preconditioned map (computed once)."""
         if self._norm is None:
-            norm = self.physics.norm()
+            norm = self.physics.norm(preconditioned=self.preconditioned)
             if not (norm > 0 and math.isfinite(norm)):
                 raise ValueError(f"cannot derive the step from ‖A‖ = {norm}; pass step_init > 0")
             self._norm = float(norm)
@@ -87,7 +92,8 @@ class _StepMap(nn.Module):
     def prepare(self, y: torch.Tensor) -> MapContext:
         """Quantities computed once per solve: ``y``, ``Aᵀy`` and, when anchored, ``A†y``."""
         self.physics.check_measurement(y)
-        ctx = MapContext(y=y, Aty=self.physics.A_adjoint(y))
+        Pty = self.physics.precondition(y) if self.preconditioned else y
+        ctx = MapContext(y=y, Aty=self.physics.A_adjoint(Pty))
         if self.anchor > 0:
             ctx.x0 = self.physics.A_dagger(y)
         return ctx
@@ -104,25 +110,37 @@ class _StepMap(nn.Module):
 
 
 class ProxGradMap(_StepMap):
-    r"""Proximal-gradient map ``T(z; y) = D_θ(z − γ (AᵀA z − Aᵀy))``; anchored,
+    r"""Proximal-gradient map ``T(z; y) = D_θ(z − γ (AᵀA z − Aᵀy))`` (``AᵀP`` for ``Aᵀ``
+    when preconditioned); anchored,
     ``T(z; y) = D_θ((1 − η)(z − γ (AᵀA z − Aᵀy)) + η A†y)``.
 
     Args:
         denoiser: ``(B, C, H, W) -> (B, C, H, W)`` module ``D_θ``.
         physics: the operator ``A``.
-        step_init: initial ``γ``; ``None`` uses ``1/‖A‖²`` (``physics.norm()``).
+        step_init: initial ``γ``; ``None`` uses ``1/‖A‖²`` (``physics.norm()``; ``1/‖AᵀPA‖``
+            when preconditioned).
         learn_step: whether ``γ`` is trained.
         step_max: the largest ``γ`` used (a learned ``γ`` above it is clamped); ``None`` uses
-            ``2/‖A‖²``, the largest step for which the gradient step is non-expansive.
+            ``2/‖A‖²`` (``2/‖AᵀPA‖``), the largest step for which the gradient step is
+            non-expansive.
         anchor: ``η ∈ [0, 1)``. With ``η > 0`` the denoiser sees
             ``(1 − η)(z − γAᵀ(Az − y)) + η A†y``: the map is anchored to ``A†y`` (an input
             injection, as in Halpern's iteration), so ``Lip_z(T) ≤ (1 − η) Lip(D)`` also on the
             nullspace of ``A``, where the gradient step alone is the identity. ``0`` is the
             plain map.
+        preconditioner: ``"none"`` or ``"ramp"``. With ``"ramp"`` the gradient step is
+            ``z − γAᵀP(Az − y)``, ``P`` the physics' measurement weight
+            (:meth:`~eqdeq_cli.physics.base.LinearPhysics.precondition`; for CT, FBP's ramp
+            filter and view weights, so ``AᵀP = A†``), and ``γ`` defaults to ``1/‖AᵀPA‖``. The
+            steps on the measured directions are then about equal, instead of decaying with
+            frequency as ``AᵀA``'s eigenvalues do: on 25-view CT at 64², 96 % of ``AᵀA``'s
+            eigenvalues lie below 5 % of the largest, against 62 % with ``P`` (59 % below 0.1 %:
+            essentially the nullspace).
 
     Raises:
-        ValueError: a step that is not a positive finite number, ``step_init > step_max``, or
-            ``anchor`` outside ``[0, 1)``.
+        ValueError: a step that is not a positive finite number, ``step_init > step_max``,
+            ``anchor`` outside ``[0, 1)``, an unknown ``preconditioner``, or ``"ramp"`` with a
+            physics that has none (MRI and inpainting: ``AᵀA`` is already a projection).
 
     Example:
         >>> from eqdeq_cli.physics import DenseMatrixPhysics
@@ -134,8 +152,16 @@ class ProxGradMap(_StepMap):
     """
 
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
-                 learn_step: bool = True, step_max: float | None = None, anchor: float = 0.0) -> None:
-        super().__init__(denoiser, physics, step_init, learn_step, anchor)
+                 learn_step: bool = True, step_max: float | None = None, anchor: float = 0.0,
+                 preconditioner: str = "none") -> None:
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"unknown preconditioner {preconditioner!r}; valid: {', '.join(PRECONDITIONERS)}")
+        if preconditioner == "ramp" and not getattr(physics, "has_preconditioner", False):
+            raise ValueError(f"preconditioner='ramp' needs a physics with a measurement weight (CT's ramp "
+                             f"filter); {type(physics).__name__} has none: use preconditioner=none")
+        self.preconditioner = preconditioner
+        super().__init__(denoiser, physics, step_init, learn_step, anchor,
+                         preconditioned=preconditioner == "ramp")
         if step_max is None:
             step_max = 2.0 / self.operator_norm() ** 2
         check_real("step_max", step_max, low=0.0)
@@ -148,19 +174,23 @@ class ProxGradMap(_StepMap):
         """The step ``γ = min(exp(log γ), step_max)`` (a 0-d tensor, always positive)."""
         return self.log_step.exp().clamp(max=self.step_max)
 
+    def normal(self, z: torch.Tensor) -> torch.Tensor:
+        """``AᵀA z``, or ``AᵀPA z`` for a preconditioned map."""
+        return self.physics.AtPA(z) if self.preconditioned else self.physics.AtA(z)
+
     def data_step(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
-        """The denoiser's input, ``(B, C, H, W)``: the gradient step ``z − γ(AᵀA z − Aᵀy)``,
-        mixed with ``A†y`` when anchored."""
+        """The denoiser's input, ``(B, C, H, W)``: the gradient step ``z − γ(AᵀA z − Aᵀy)``
+        (``AᵀP`` for ``Aᵀ`` when preconditioned), mixed with ``A†y`` when anchored."""
         gamma = self.step.to(z.dtype)
-        return self.anchored(z - gamma * (self.physics.AtA(z) - ctx.Aty), ctx)
+        return self.anchored(z - gamma * (self.normal(z) - ctx.Aty), ctx)
 
     def data_step_vjp(self, w: torch.Tensor) -> torch.Tensor:
-        r"""``(∂u/∂z)ᵀ w = (1 − η)(I − γAᵀA) w`` in closed form (the Jacobian of the data
-        step is symmetric), without autograd; ``w`` of shape ``(B, C, H, W)``. Exact when
-        ``A_adjoint`` is the adjoint of ``A``."""
+        r"""``(∂u/∂z)ᵀ w = (1 − η)(I − γAᵀA) w`` (``AᵀPA`` when preconditioned) in closed
+        form (the Jacobian of the data step is symmetric), without autograd; ``w`` of shape
+        ``(B, C, H, W)``. Exact when ``A_adjoint`` is the adjoint of ``A`` and ``P`` symmetric."""
         with torch.no_grad():
             gamma = self.step.to(w.dtype)
-            v = w - gamma * self.physics.AtA(w)
+            v = w - gamma * self.normal(w)
             return (1.0 - self.anchor) * v if self.anchor > 0 else v
 
     def forward(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:

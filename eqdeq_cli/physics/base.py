@@ -89,6 +89,20 @@ class LinearPhysics(nn.Module):
     def AtA(self, x: torch.Tensor) -> torch.Tensor:
         return self.A_adjoint(self.A(x))
 
+    #: Whether :meth:`precondition` is more than the identity (set by operators that override it).
+    has_preconditioner: bool = False
+
+    def precondition(self, r: torch.Tensor) -> torch.Tensor:
+        r"""A symmetric positive semi-definite weight ``P`` applied to measurements ``r``
+        (same shape), such that ``Aᵀ P A`` is better conditioned than ``AᵀA``. The identity
+        here; :class:`~eqdeq_cli.physics.ct.CTRadon` uses FBP's ramp filter, so that
+        ``A_dagger = Aᵀ P``."""
+        return r
+
+    def AtPA(self, x: torch.Tensor) -> torch.Tensor:
+        """``Aᵀ P A x`` (``AᵀA x`` for an operator without a preconditioner)."""
+        return self.A_adjoint(self.precondition(self.A(x)))
+
     # -- helpers shared by every operator --------------------------------------
     def check_image(self, x: torch.Tensor) -> None:
         """Raise a clear ``ValueError`` if ``x`` is not a batch of images this operator accepts."""
@@ -106,15 +120,18 @@ class LinearPhysics(nn.Module):
             )
 
     @torch.no_grad()
-    def norm(self, n_iter: int = 50, seed: int = 0, dtype: torch.dtype = torch.float64) -> float:
-        """Spectral norm ``‖A‖₂`` estimated by power iteration on ``AᵀA``."""
+    def norm(self, n_iter: int = 50, seed: int = 0, dtype: torch.dtype = torch.float64,
+             preconditioned: bool = False) -> float:
+        """Spectral norm ``‖A‖₂`` estimated by power iteration on ``AᵀA``; with
+        ``preconditioned``, ``‖P^½ A‖₂``, the square root of ``‖Aᵀ P A‖₂``."""
         device = _module_device(self)
         g = torch.Generator(device="cpu").manual_seed(seed)
         x = randn_on_cpu((1,) + tuple(self.img_shape), g, dtype=dtype, device=device, draw_dtype=torch.float64)
         x = x / x.norm()
         lam = 0.0
+        normal = self.AtPA if preconditioned else self.AtA
         for _ in range(n_iter):
-            z = self.AtA(x)
+            z = normal(x)
             lam = float(z.norm())
             if lam == 0.0:
                 return 0.0

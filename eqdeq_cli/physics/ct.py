@@ -116,15 +116,24 @@ class CTRadon(LinearPhysics):
         spectrum = torch.fft.rfft(y, n=self._n_pad, dim=-1) * response
         return torch.fft.irfft(spectrum, n=self._n_pad, dim=-1)[..., : self.n_detectors]
 
+    has_preconditioner = True
+
+    def precondition(self, r: torch.Tensor) -> torch.Tensor:
+        r"""FBP's weighting of sinograms ``r`` ``(B, C, n_views, n_detectors)``:
+        :math:`P r = \mathrm{scale}^2\, w_\theta\,(h * r_\theta)`, the ramp filter ``h`` per view
+        times the view weights ``w``, so that ``A_dagger = Aᵀ P``. ``P`` is symmetric positive
+        semi-definite (a real, even, non-negative frequency response, cropped; positive
+        weights), so ``z − γAᵀP(Az − y)`` is a gradient step on ``½‖Az − y‖²_P``: ramp-filter
+        preconditioning (Clinthorne et al. 1993, IEEE TMI 12(1)), under which ``AᵀPA ≈ I`` on
+        the directions the views measure."""
+        self.check_measurement(r)
+        weights = self._view_weights.to(device=r.device, dtype=r.dtype)[:, None]
+        return self.filter_sinogram(r) * (weights * self.scale**2)
+
     def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
-        r"""Filtered back-projection :math:`\mathrm{scale}\cdot\sum_\theta w_\theta\,(h * y_\theta)(x\cdot n_\theta)`,
-        ``w`` the views' weights (:func:`~eqdeq_cli.physics.ct_geometry.view_weights`)."""
-        self.check_measurement(y)
-        b = y.shape[0]
-        weights = self._view_weights.to(device=y.device, dtype=y.dtype)[:, None]
-        filtered = (self.filter_sinogram(y) * weights).reshape(b * self.channels, -1)
-        x = self._matmul(self._matrix_t, self._matrix, filtered)
-        return (x * self.scale**2).reshape((b,) + self.img_shape)
+        r"""Filtered back-projection :math:`\mathrm{scale}^2\cdot\sum_\theta w_\theta\,(h * y_\theta)(x\cdot n_\theta)`,
+        ``w`` the views' weights (:func:`~eqdeq_cli.physics.ct_geometry.view_weights`): ``Aᵀ P y``."""
+        return self.A_adjoint(self.precondition(y))
 
     def extra_repr(self) -> str:
         return (f"img_size={self.img_size}, channels={self.channels}, n_views={self.n_views}, "

@@ -55,6 +55,7 @@ ADDED_KEYS: dict[str, Any] = {
     "grad.sample_cache": 0,
     "grad.closed_form_vjp": True,
     "group.interpolation": "bilinear",
+    "map.preconditioner": "none",
 }
 
 CHECKPOINTS = "checkpoints"

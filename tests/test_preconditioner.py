@@ -1,0 +1,161 @@
+"""Ramp-filter preconditioning of the proximal-gradient map (``map.preconditioner=ramp``).
+
+The weight ``P`` must be symmetric positive semi-definite (so the step is a gradient step on
+``½‖Az − y‖²_P`` and the closed-form transpose is exact), must spread the eigenvalues of the
+data term on the measured directions, and must leave the implicit gradient exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from eqdeq_cli.deq import DEQ, ProxGradMap, anderson_solve
+from eqdeq_cli.physics import MRICartesian
+from eqdeq_cli.physics.ct import CTRadon
+from eqdeq_cli.physics.ct_geometry import FBP_FILTERS
+
+DT = torch.float64
+
+
+def dense(op, n: int, shape) -> np.ndarray:
+    """The matrix of a linear map on images of ``shape`` (columns = images of the unit vectors)."""
+    basis = torch.eye(n, dtype=DT).reshape((n,) + tuple(shape))
+    return op(basis).reshape(n, -1).T.numpy()
+
+
+@pytest.mark.parametrize("name", FBP_FILTERS)
+def test_the_ramp_weight_is_symmetric_positive_semidefinite(name):
+    ct = CTRadon(img_size=12, n_views=5, fbp_filter=name).to(DT)
+    m = int(np.prod(ct.meas_shape))
+    P = dense(ct.precondition, m, ct.meas_shape)
+    assert np.abs(P - P.T).max() <= 1e-12 * np.abs(P).max()
+    assert np.linalg.eigvalsh((P + P.T) / 2).min() >= -1e-12 * np.abs(P).max()
+
+
+def test_fbp_is_the_back_projection_of_the_weighted_sinogram():
+    ct = CTRadon(img_size=16, n_views=6).to(DT)
+    y = ct.A(torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=DT))
+    assert torch.allclose(ct.A_dagger(y), ct.A_adjoint(ct.precondition(y)), rtol=0, atol=1e-12)
+
+
+def test_ramp_preconditioning_spreads_the_eigenvalues_on_the_measured_directions():
+    ct = CTRadon(img_size=32, n_views=11).to(DT)
+    spectra = {}
+    for name, op in (("plain", ct.AtA), ("ramp", ct.AtPA)):
+        K = dense(op, 32 * 32, ct.img_shape)
+        ev = np.linalg.eigvalsh((K + K.T) / 2)
+        ev = ev / ev.max()
+        spectra[name] = ev[ev > 1e-6]  # the measured directions
+    # Without P about half of them get less than 5 % of the largest step; with P under a fifth.
+    assert (spectra["ramp"] < 0.05).mean() <= 0.5 * (spectra["plain"] < 0.05).mean()
+    assert np.median(spectra["ramp"]) >= 3 * np.median(spectra["plain"])
+
+
+class Contractive(nn.Module):
+    """``D(x) = x/2 + W₂ tanh(W₁ x)`` with ``‖W₁‖‖W₂‖ ≤ 1/4``: Lip(D) ≤ 3/4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 1, 3, padding=1)
+        with torch.no_grad():
+            for conv in (self.conv1, self.conv2):
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+                conv.weight.mul_(0.5 / (3 * conv.weight.norm()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x + self.conv2(torch.tanh(self.conv1(x)))
+
+
+def make_problem(batch: int = 2):
+    ct = CTRadon(img_size=10, n_views=5).to(DT)
+    fmap = ProxGradMap(Contractive(), ct, preconditioner="ramp").to(DT)
+    x = torch.rand(batch, 1, 10, 10, generator=torch.Generator().manual_seed(1), dtype=DT)
+    return fmap, ct, ct.A(x)
+
+
+def test_the_default_step_is_the_inverse_norm_of_the_preconditioned_normal_operator():
+    fmap, ct, _ = make_problem()
+    K = dense(ct.AtPA, 100, ct.img_shape)
+    top = np.linalg.eigvalsh((K + K.T) / 2).max()
+    # ‖AᵀPA‖ comes from 50 power iterations, which approach the top eigenvalue from below.
+    assert float(fmap.step.detach()) == pytest.approx(1 / top, rel=1e-3)
+    # At the largest allowed step the data step is non-expansive: eigenvalues of I − γK in [−1, 1].
+    ev = np.linalg.eigvalsh(np.eye(100) - fmap.step_max * (K + K.T) / 2)
+    assert ev.min() >= -1 - 1e-3 and ev.max() <= 1 + 1e-9
+
+
+def test_the_preconditioned_step_is_a_gradient_step_on_the_weighted_data_term():
+    fmap, ct, y = make_problem()
+    ctx = fmap.prepare(y)
+    z = torch.rand(y.shape[0], 1, 10, 10, generator=torch.Generator().manual_seed(2), dtype=DT).requires_grad_()
+    r = ct.A(z) - y
+    (grad,) = torch.autograd.grad(0.5 * (r * ct.precondition(r)).sum(), z)
+    assert torch.allclose(fmap.data_step(z, ctx), z - fmap.step * grad, rtol=0, atol=1e-12)
+
+
+def test_the_closed_form_transpose_of_the_preconditioned_step_equals_autograd():
+    fmap, ct, y = make_problem()
+    ctx = fmap.prepare(y)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(y.shape[0], 1, 10, 10, generator=g, dtype=DT).requires_grad_()
+    w = torch.randn(z.shape, generator=g, dtype=DT)
+    (auto,) = torch.autograd.grad(fmap.data_step(z, ctx), z, w)
+    assert torch.allclose(fmap.data_step_vjp(w), auto, rtol=0, atol=1e-12)
+
+
+def test_the_implicit_gradient_of_the_preconditioned_map_matches_long_unrolling():
+    fmap, ct, y = make_problem()
+    y = y.requires_grad_()
+    w = torch.randn(y.shape[0], 1, 10, 10, generator=torch.Generator().manual_seed(4), dtype=DT)
+    tight = lambda f, z0: anderson_solve(f, z0, max_iter=300, tol=1e-12)  # noqa: E731
+
+    def loss(x):
+        return (w * x).sum() + (ct.A(x) - y).pow(2).sum()
+
+    deq = DEQ(fmap, grad="implicit", forward_solver=tight, backward_solver=tight)
+    params = list(fmap.parameters()) + [y]
+    got = torch.autograd.grad(loss(deq(y)), params)
+    assert deq.last_stats.forward.converged.all()
+
+    def unrolled(v):  # 200 tracked iterations from the fixed point
+        ctx = fmap.prepare(v)
+        with torch.no_grad():
+            z, stats = tight(lambda u: fmap(u, ctx), fmap.init(v))
+        assert stats.converged.all()
+        for _ in range(200):
+            z = fmap(z, ctx)
+        return z
+
+    ref = torch.autograd.grad(loss(unrolled(y)), params)
+    a = torch.cat([g.reshape(-1) for g in got])
+    b = torch.cat([g.reshape(-1) for g in ref])
+    assert float((a - b).norm() / b.norm()) <= 1e-6
+
+
+def test_a_preconditioned_solve_needs_fewer_iterations_on_the_measured_part():
+    ct = CTRadon(img_size=32, n_views=11).to(DT)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(5), dtype=DT)
+    y = ct.A(x)
+    residual = {}
+    for name in ("none", "ramp"):
+        fmap = ProxGradMap(nn.Identity(), ct, preconditioner=name).to(DT)
+        ctx, z = fmap.prepare(y), fmap.init(y)
+        with torch.no_grad():
+            for _ in range(10):
+                z = fmap(z, ctx)
+        residual[name] = float((ct.A(z) - y).norm() / y.norm())
+    assert residual["ramp"] < 0.5 * residual["none"]
+
+
+def test_unknown_preconditioner_and_operators_without_one_are_refused():
+    ct = CTRadon(img_size=8, n_views=3)
+    with pytest.raises(ValueError, match=r"unknown preconditioner 'fbp'; valid: none, ramp"):
+        ProxGradMap(nn.Identity(), ct, preconditioner="fbp")
+    mri = MRICartesian(img_size=8, acceleration=2, center_fraction=0.25)
+    with pytest.raises(ValueError, match=r"preconditioner='ramp' needs a physics with a measurement weight "
+                                         r"\(CT's ramp filter\); MRICartesian has none: use preconditioner=none"):
+        ProxGradMap(nn.Identity(), mri, preconditioner="ramp")
