@@ -159,3 +159,36 @@ def test_unknown_preconditioner_and_operators_without_one_are_refused():
     with pytest.raises(ValueError, match=r"preconditioner='ramp' needs a physics with a measurement weight "
                                          r"\(CT's ramp filter\); MRICartesian has none: use preconditioner=none"):
         ProxGradMap(nn.Identity(), mri, preconditioner="ramp")
+
+
+def test_the_ramp_weighted_mc_loss_is_the_weighted_norm_on_the_plain_terms_scale():
+    from eqdeq_cli.losses import MCLoss
+
+    ct = CTRadon(img_size=16, n_views=5).to(DT)
+    g = torch.Generator().manual_seed(6)
+    x1 = torch.rand(3, 1, 16, 16, generator=g, dtype=DT).requires_grad_()
+    y = ct.A(torch.rand(3, 1, 16, 16, generator=g, dtype=DT))
+    loss = MCLoss(preconditioner="ramp")
+    value = loss(y=y, x1=x1, f=None, physics=ct)
+    r = ct.A(x1) - y
+    c = ct.mean_eigenvalue() / ct.mean_eigenvalue(preconditioned=True)
+    assert loss.scale == pytest.approx(c, rel=1e-12)
+    assert float(value) == pytest.approx(float(c * (r * ct.precondition(r)).sum() / (3 * 256)), rel=1e-10)
+    # c is the ratio of the traces of AᵀA and AᵀPA (Hutchinson, 8 probes): on the plain term's scale.
+    traces = [np.trace(dense(op, 256, ct.img_shape)) for op in (ct.AtA, ct.AtPA)]
+    assert c == pytest.approx(traces[0] / traces[1], rel=0.15)
+    # Its gradient is the preconditioned back-projection of the residual: 2c AᵀP r / (B n).
+    (grad,) = torch.autograd.grad(value, x1)
+    assert torch.allclose(grad, 2 * c * ct.A_adjoint(ct.precondition(r.detach())) / (3 * 256), rtol=0, atol=1e-12)
+
+
+def test_the_ramp_weighted_mc_loss_is_refused_where_it_means_nothing():
+    from eqdeq_cli.losses import MCLoss
+
+    with pytest.raises(ValueError, match=r"MCLoss: unknown preconditioner 'fbp'; valid: none, ramp"):
+        MCLoss(preconditioner="fbp")
+    mri = MRICartesian(img_size=8, acceleration=2, center_fraction=0.25)
+    x1 = torch.zeros((1,) + mri.img_shape)
+    with pytest.raises(ValueError, match=r"MCLoss: preconditioner='ramp' needs a physics with a measurement "
+                                         r"weight \(CT's ramp filter\); MRICartesian has none"):
+        MCLoss(preconditioner="ramp")(y=mri.A(x1), x1=x1, f=None, physics=mri)

@@ -3,7 +3,7 @@ r"""Measurement consistency, equivariant imaging and supervised terms.
 With ``x₁ = f(y)`` computed once by :class:`~eqdeq_cli.losses.CompositeLoss`, and
 ``n = C·H·W`` (see :mod:`eqdeq_cli.losses.base`):
 
-* MC:          ``‖A x₁ − y‖² / n``
+* MC:          ``‖A x₁ − y‖² / n`` (or in the ramp-weighted norm ``‖·‖²_P``, CT)
 * EI:          ``x₂ = T_g x₁``, ``x₃ = f(A x₂ + ε')``, ``‖x₃ − x₂‖² / n``
 * supervised:  ``‖x₁ − x‖² / n``
 
@@ -17,7 +17,7 @@ import torch
 
 from ..groups import Group
 from ..physics import LinearPhysics
-from .base import LossTerm, Reconstructor, image_elements, sq_norm
+from .base import LossTerm, Reconstructor, dot, image_elements, sq_norm
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +25,47 @@ log = logging.getLogger(__name__)
 class MCLoss(LossTerm):
     r"""Measurement consistency ``‖A x₁ − y‖² / n`` per sample (``n = C·H·W``).
 
+    With ``preconditioner="ramp"`` the residual ``r = A x₁ − y`` is measured in the norm of
+    the physics' measurement weight ``P`` (:meth:`~eqdeq_cli.physics.base.LinearPhysics.precondition`;
+    for CT, FBP's ramp filter and view weights): ``c ⟨r, P r⟩ / n``, a weighted least-squares
+    data term that counts every measured frequency alike instead of the low ones most, with
+    ``c = trace(AᵀA) / trace(AᵀPA)`` (Hutchinson estimates, computed on first use and logged)
+    so that its scale, and with it the EI loss's ``auto`` weight, stays that of the plain term.
+
     With noisy measurements its minimiser overfits the noise; use :class:`SURELoss` there.
+
+    Raises:
+        ValueError: an unknown ``preconditioner``, or ``"ramp"`` with a physics that has none
+            (on first use).
     """
 
-    def __init__(self, *, weight: float = 1.0) -> None:
+    def __init__(self, *, weight: float = 1.0, preconditioner: str = "none") -> None:
         super().__init__(weight)
+        if preconditioner not in ("none", "ramp"):
+            raise ValueError(f"MCLoss: unknown preconditioner {preconditioner!r}; valid: none, ramp")
+        self.preconditioner = preconditioner
+        self.scale: float | None = None
+
+    def _scale(self, physics: LinearPhysics) -> float:
+        if self.scale is None:
+            if not physics.has_preconditioner:
+                raise ValueError(f"MCLoss: preconditioner='ramp' needs a physics with a measurement weight "
+                                 f"(CT's ramp filter); {type(physics).__name__} has none: use preconditioner=none")
+            self.scale = physics.mean_eigenvalue() / physics.mean_eigenvalue(preconditioned=True)
+            log.info("MC loss in the ramp-weighted norm, scaled by trace(AᵀA)/trace(AᵀPA) = %.4g", self.scale)
+        return self.scale
 
     def per_sample(self, *, y: torch.Tensor, x1: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
                    group: Group | None, x: torch.Tensor | None,
                    generator: torch.Generator | None) -> torch.Tensor:
+        if self.preconditioner == "ramp":
+            scale = self._scale(physics)
+            r = physics.A(x1) - y
+            return scale * dot(r, physics.precondition(r)) / image_elements(x1)
         return sq_norm(physics.A(x1) - y) / image_elements(x1)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight!r}, preconditioner={self.preconditioner!r}"
 
 
 class EILoss(LossTerm):

@@ -139,8 +139,9 @@ class LinearPhysics(nn.Module):
         return math.sqrt(lam)
 
     @torch.no_grad()
-    def mean_eigenvalue(self, n_probes: int = 8, seed: int = 0) -> float:
-        r"""Hutchinson estimate of ``trace(AᵀA) / n`` (n = number of image pixels × channels).
+    def mean_eigenvalue(self, n_probes: int = 8, seed: int = 0, preconditioned: bool = False) -> float:
+        r"""Hutchinson estimate of ``trace(AᵀA) / n`` (n = number of image pixels × channels);
+        with ``preconditioned``, of ``trace(AᵀPA) / n``.
 
         This is the natural scale of the data term ``‖A x − y‖²`` relative to an
         image-domain term such as the EI loss ``‖x₃ − x₂‖²``.
@@ -149,7 +150,9 @@ class LinearPhysics(nn.Module):
         g = torch.Generator(device="cpu").manual_seed(seed)
         z = randn_on_cpu((n_probes,) + tuple(self.img_shape), g, device=device, draw_dtype=torch.float64)
         n = z[0].numel()
-        return float(self.A(z).pow(2).sum() / (n_probes * n))
+        r = self.A(z)
+        weighted = self.precondition(r) if preconditioned else r
+        return float((r * weighted).sum() / (n_probes * n))
 
     def prox_data(self, z: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor | float,
                   n_iter: int = 20, tol: float = 1e-6) -> torch.Tensor:

@@ -56,6 +56,7 @@ ADDED_KEYS: dict[str, Any] = {
     "grad.closed_form_vjp": True,
     "group.interpolation": "bilinear",
     "map.preconditioner": "none",
+    "loss.terms.mc.preconditioner": "none",
 }
 
 CHECKPOINTS = "checkpoints"
