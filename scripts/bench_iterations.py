@@ -24,6 +24,8 @@ Settings (``--settings``, default: all):
 * ``jac1e-4``, ``jac1e-3``: Jacobian regularisation (``regularizer=jacobian``) of that weight.
 * ``bilinear``: continuous rotations resampled bilinearly (``group.exact=false``), the EI group
   before quarter turns became the default.
+* ``plain``: neither the map nor the MC loss ramp-preconditioned (both are on CT by default);
+  ``ramp-map``: the map only.
 
 ``--reach REF`` adds time to quality: with validation during training (``-- trainer.eval_every=25``),
 for each setting the training time (``time_s`` of ``metrics.csv``) at which its validation PSNR first
@@ -53,7 +55,8 @@ SETTINGS = {
     "jac1e-4": ["regularizer=jacobian", "regularizer.weight=1e-4"],
     "jac1e-3": ["regularizer=jacobian", "regularizer.weight=1e-3"],
     "bilinear": ["group.exact=false"],
-    "ramp": ["map.preconditioner=ramp"],
+    "plain": ["map.preconditioner=none", "loss.terms.mc.preconditioner=none"],
+    "ramp-map": ["map.preconditioner=ramp", "loss.terms.mc.preconditioner=none"],
 }
 
 

@@ -153,11 +153,11 @@ def test_a_preconditioned_solve_needs_fewer_iterations_on_the_measured_part():
 
 def test_unknown_preconditioner_and_operators_without_one_are_refused():
     ct = CTRadon(img_size=8, n_views=3)
-    with pytest.raises(ValueError, match=r"unknown preconditioner 'fbp'; valid: none, ramp"):
+    with pytest.raises(ValueError, match=r"unknown preconditioner 'fbp'; valid: auto, none, ramp"):
         ProxGradMap(nn.Identity(), ct, preconditioner="fbp")
     mri = MRICartesian(img_size=8, acceleration=2, center_fraction=0.25)
     with pytest.raises(ValueError, match=r"preconditioner='ramp' needs a physics with a measurement weight "
-                                         r"\(CT's ramp filter\); MRICartesian has none: use preconditioner=none"):
+                                         r"\(CT's ramp filter\); MRICartesian has none: use preconditioner=none or auto"):
         ProxGradMap(nn.Identity(), mri, preconditioner="ramp")
 
 
@@ -173,7 +173,8 @@ def test_the_ramp_weighted_mc_loss_is_the_weighted_norm_on_the_plain_terms_scale
     r = ct.A(x1) - y
     c = ct.mean_eigenvalue() / ct.mean_eigenvalue(preconditioned=True)
     assert loss.scale == pytest.approx(c, rel=1e-12)
-    assert float(value) == pytest.approx(float(c * (r * ct.precondition(r)).sum() / (3 * 256)), rel=1e-10)
+    weighted = float((r * ct.precondition(r)).sum().detach())
+    assert float(value.detach()) == pytest.approx(c * weighted / (3 * 256), rel=1e-10)
     # c is the ratio of the traces of AᵀA and AᵀPA (Hutchinson, 8 probes): on the plain term's scale.
     traces = [np.trace(dense(op, 256, ct.img_shape)) for op in (ct.AtA, ct.AtPA)]
     assert c == pytest.approx(traces[0] / traces[1], rel=0.15)
@@ -185,10 +186,28 @@ def test_the_ramp_weighted_mc_loss_is_the_weighted_norm_on_the_plain_terms_scale
 def test_the_ramp_weighted_mc_loss_is_refused_where_it_means_nothing():
     from eqdeq_cli.losses import MCLoss
 
-    with pytest.raises(ValueError, match=r"MCLoss: unknown preconditioner 'fbp'; valid: none, ramp"):
+    with pytest.raises(ValueError, match=r"MCLoss: unknown preconditioner 'fbp'; valid: auto, none, ramp"):
         MCLoss(preconditioner="fbp")
     mri = MRICartesian(img_size=8, acceleration=2, center_fraction=0.25)
     x1 = torch.zeros((1,) + mri.img_shape)
     with pytest.raises(ValueError, match=r"MCLoss: preconditioner='ramp' needs a physics with a measurement "
                                          r"weight \(CT's ramp filter\); MRICartesian has none"):
         MCLoss(preconditioner="ramp")(y=mri.A(x1), x1=x1, f=None, physics=mri)
+
+
+def test_auto_preconditions_ct_and_leaves_other_operators_plain():
+    from eqdeq_cli.losses import MCLoss
+
+    ct = CTRadon(img_size=8, n_views=3)
+    mri = MRICartesian(img_size=8, acceleration=2, center_fraction=0.25)
+    assert ProxGradMap(nn.Identity(), ct, preconditioner="auto").preconditioner == "ramp"
+    plain = ProxGradMap(nn.Identity(), mri, preconditioner="auto")
+    assert plain.preconditioner == "none" and not plain.preconditioned
+    x1 = torch.rand((2,) + mri.img_shape, generator=torch.Generator().manual_seed(7))
+    y = mri.A(torch.rand_like(x1))
+    auto = MCLoss(preconditioner="auto")(y=y, x1=x1, f=None, physics=mri)
+    assert torch.equal(auto, MCLoss()(y=y, x1=x1, f=None, physics=mri))
+    y = ct.A(torch.rand(2, 1, 8, 8))
+    x1 = torch.rand(2, 1, 8, 8)
+    assert torch.equal(MCLoss(preconditioner="auto")(y=y, x1=x1, f=None, physics=ct),
+                       MCLoss(preconditioner="ramp")(y=y, x1=x1, f=None, physics=ct))

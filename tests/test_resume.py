@@ -94,6 +94,11 @@ def test_a_run_whose_default_changed_since_is_told_the_override_that_continues_i
     with pytest.raises(ResumeRefused, match=r"run the same command as the run did \(its \.hydra/overrides\.yaml\)"):
         check_same_experiment(saved, now, source, "auto")
     check_same_experiment(saved, {**saved, "group": {**saved["group"], "interpolation": "bilinear"}}, source, "auto")
+    # a key added since, whose default is not the former behaviour: its former value is the override
+    saved["map"] = {"_target_": "eqdeq_cli.deq.ProxGradMap", "anchor": 0.0}
+    now = {**saved, "map": {**saved["map"], "preconditioner": "auto"}}
+    with pytest.raises(ResumeRefused, match="add map.preconditioner=none to the command"):
+        check_same_experiment(saved, now, source, "auto")
 
 
 def test_rerunning_a_directory_with_another_physics_is_refused_and_leaves_the_run_as_it_was(

@@ -29,7 +29,7 @@ from eqdeq_cli.physics.base import LinearPhysics
 from eqdeq_cli.utils.checks import check_int, check_real
 
 #: Choices of :class:`ProxGradMap`'s ``preconditioner``.
-PRECONDITIONERS = ("none", "ramp")
+PRECONDITIONERS = ("auto", "none", "ramp")
 
 
 @dataclass
@@ -128,7 +128,8 @@ class ProxGradMap(_StepMap):
             injection, as in Halpern's iteration), so ``Lip_z(T) ≤ (1 − η) Lip(D)`` also on the
             nullspace of ``A``, where the gradient step alone is the identity. ``0`` is the
             plain map.
-        preconditioner: ``"none"`` or ``"ramp"``. With ``"ramp"`` the gradient step is
+        preconditioner: ``"auto"`` (``"ramp"`` where the physics has a measurement weight, i.e.
+            CT, else ``"none"``), ``"none"`` or ``"ramp"``. With ``"ramp"`` the gradient step is
             ``z − γAᵀP(Az − y)``, ``P`` the physics' measurement weight
             (:meth:`~eqdeq_cli.physics.base.LinearPhysics.precondition`; for CT, FBP's ramp
             filter and view weights, so ``AᵀP = A†``), and ``γ`` defaults to ``1/‖AᵀPA‖``. The
@@ -156,9 +157,12 @@ class ProxGradMap(_StepMap):
                  preconditioner: str = "none") -> None:
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(f"unknown preconditioner {preconditioner!r}; valid: {', '.join(PRECONDITIONERS)}")
-        if preconditioner == "ramp" and not getattr(physics, "has_preconditioner", False):
+        weighted = getattr(physics, "has_preconditioner", False)
+        if preconditioner == "ramp" and not weighted:
             raise ValueError(f"preconditioner='ramp' needs a physics with a measurement weight (CT's ramp "
-                             f"filter); {type(physics).__name__} has none: use preconditioner=none")
+                             f"filter); {type(physics).__name__} has none: use preconditioner=none or auto")
+        if preconditioner == "auto":
+            preconditioner = "ramp" if weighted else "none"
         self.preconditioner = preconditioner
         super().__init__(denoiser, physics, step_init, learn_step, anchor,
                          preconditioned=preconditioner == "ramp")

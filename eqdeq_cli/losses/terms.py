@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 class MCLoss(LossTerm):
     r"""Measurement consistency ``‖A x₁ − y‖² / n`` per sample (``n = C·H·W``).
 
-    With ``preconditioner="ramp"`` the residual ``r = A x₁ − y`` is measured in the norm of
+    With ``preconditioner="ramp"`` (or ``"auto"`` with a physics that has a measurement weight,
+    i.e. CT; ``"auto"`` is the plain term otherwise) the residual ``r = A x₁ − y`` is measured in the norm of
     the physics' measurement weight ``P`` (:meth:`~eqdeq_cli.physics.base.LinearPhysics.precondition`;
     for CT, FBP's ramp filter and view weights): ``c ⟨r, P r⟩ / n``, a weighted least-squares
     data term that counts every measured frequency alike instead of the low ones most, with
@@ -41,8 +42,8 @@ class MCLoss(LossTerm):
 
     def __init__(self, *, weight: float = 1.0, preconditioner: str = "none") -> None:
         super().__init__(weight)
-        if preconditioner not in ("none", "ramp"):
-            raise ValueError(f"MCLoss: unknown preconditioner {preconditioner!r}; valid: none, ramp")
+        if preconditioner not in ("auto", "none", "ramp"):
+            raise ValueError(f"MCLoss: unknown preconditioner {preconditioner!r}; valid: auto, none, ramp")
         self.preconditioner = preconditioner
         self.scale: float | None = None
 
@@ -50,7 +51,8 @@ class MCLoss(LossTerm):
         if self.scale is None:
             if not physics.has_preconditioner:
                 raise ValueError(f"MCLoss: preconditioner='ramp' needs a physics with a measurement weight "
-                                 f"(CT's ramp filter); {type(physics).__name__} has none: use preconditioner=none")
+                                 f"(CT's ramp filter); {type(physics).__name__} has none: use preconditioner=none "
+                                 f"or auto")
             self.scale = physics.mean_eigenvalue() / physics.mean_eigenvalue(preconditioned=True)
             log.info("MC loss in the ramp-weighted norm, scaled by trace(AᵀA)/trace(AᵀPA) = %.4g", self.scale)
         return self.scale
@@ -58,7 +60,7 @@ class MCLoss(LossTerm):
     def per_sample(self, *, y: torch.Tensor, x1: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
                    group: Group | None, x: torch.Tensor | None,
                    generator: torch.Generator | None) -> torch.Tensor:
-        if self.preconditioner == "ramp":
+        if self.preconditioner == "ramp" or (self.preconditioner == "auto" and physics.has_preconditioner):
             scale = self._scale(physics)
             r = physics.A(x1) - y
             return scale * dot(r, physics.precondition(r)) / image_elements(x1)

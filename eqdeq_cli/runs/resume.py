@@ -162,10 +162,13 @@ def config_differences(saved: Any, new: Any) -> list[str]:
 
 def restoring_overrides(found: list[tuple[str, Any, Any]]) -> list[str]:
     """Command-line overrides ``key=value`` that give back the checkpoint's settings, when every
-    difference is a plain value (a number, string, bool or null) present in both configs;
+    difference is a plain value (a number, string, bool or null) present in both configs, or a
+    key of :data:`ADDED_KEYS` missing from the checkpoint (its former value is restored);
     otherwise ``[]`` (a changed class or key set is not one override away)."""
     out = []
     for path, saved, new in found:
+        if saved is _ABSENT and path in ADDED_KEYS:
+            saved = ADDED_KEYS[path]
         if path.endswith("._target_") or saved is _ABSENT or new is _ABSENT \
                 or not all(v is None or isinstance(v, (bool, int, float, str)) for v in (saved, new)):
             return []
