@@ -133,7 +133,7 @@ class ProxGradMap(_StepMap):
             ``z − γAᵀP(Az − y)``, ``P`` the physics' measurement weight
             (:meth:`~eqdeq_cli.physics.base.LinearPhysics.precondition`; for CT, FBP's ramp
             filter and view weights, so ``AᵀP = A†``), and ``γ`` defaults to ``1/‖AᵀPA‖``. The
-            steps on the measured directions are then about equal, instead of decaying with
+            steps on the measured directions are then far more even, instead of decaying with
             frequency as ``AᵀA``'s eigenvalues do: on 25-view CT at 64², 96 % of ``AᵀA``'s
             eigenvalues lie below 5 % of the largest, against 62 % with ``P`` (59 % below 0.1 %:
             essentially the nullspace).
