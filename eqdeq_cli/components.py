@@ -75,6 +75,22 @@ def build_regularizer(cfg: DictConfig) -> Any:
     return instantiate(node) if node is not None and "_target_" in node else None
 
 
+def unweighted_data_terms(loss: Any, physics: Any) -> list[str]:
+    """Names of the loss's data-consistency terms (MC, SURE) that are not measured in the norm of
+    the physics' ramp weight."""
+    from .losses import MCLoss, SURELoss
+
+    out = []
+    for name, term in getattr(loss, "terms", {}).items():
+        if term.weight == 0:
+            continue
+        if isinstance(term, SURELoss):
+            out.append(f"'{name}' (SURE)")
+        elif isinstance(term, MCLoss) and (term.preconditioner == "none" or not physics.has_preconditioner):
+            out.append(f"'{name}'")
+    return out
+
+
 def build_components(cfg: DictConfig) -> Components:
     """Build data, physics, group, denoiser, DEQ, loss and regulariser from the composed config.
 
@@ -87,9 +103,20 @@ def build_components(cfg: DictConfig) -> Components:
     deq = build_reconstructor(cfg, physics, denoiser)
     loss = build_loss(cfg)
     regularizer = build_regularizer(cfg)
-    log.info("data %s | physics %s | group %s | denoiser %s (%d parameters) | grad %s%s",
+    fmap = getattr(deq, "fmap", None)
+    preconditioned = bool(getattr(fmap, "preconditioned", False))
+    log.info("data %s | physics %s | group %s | denoiser %s (%d parameters) | map %s%s | grad %s%s",
              data, type(physics).__name__, type(group).__name__, type(denoiser).__name__,
-             sum(p.numel() for p in denoiser.parameters()), deq.grad,
+             sum(p.numel() for p in denoiser.parameters()), type(fmap).__name__,
+             " (ramp-preconditioned)" if preconditioned else "", deq.grad,
              f" | regularizer {regularizer!r}" if regularizer is not None else "")
+    if preconditioned:
+        plain = unweighted_data_terms(loss, physics)
+        if plain:
+            fix = ("map.preconditioner=none" if any("SURE" in p for p in plain) else
+                   "loss.terms.mc.preconditioner=auto, or map.preconditioner=none")
+            log.warning("the map's data step is ramp-preconditioned but the loss's data term %s is not; on brain "
+                        "slices this pairing learned nothing (docs/experiments.md, section 6): use %s",
+                        ", ".join(plain), fix)
     return Components(data=data, physics=physics, group=group, denoiser=denoiser, deq=deq, loss=loss,
                       regularizer=regularizer)

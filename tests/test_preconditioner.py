@@ -157,7 +157,8 @@ def test_unknown_preconditioner_and_operators_without_one_are_refused():
         ProxGradMap(nn.Identity(), ct, preconditioner="fbp")
     mri = MRICartesian(img_size=8, acceleration=2, center_fraction=0.25)
     with pytest.raises(ValueError, match=r"preconditioner='ramp' needs a physics with a measurement weight "
-                                         r"\(CT's ramp filter\); MRICartesian has none: use preconditioner=none or auto"):
+                                         r"\(CT's ramp filter\); MRICartesian has none: use preconditioner=none or auto "
+                                         r"\(map.preconditioner\)"):
         ProxGradMap(nn.Identity(), mri, preconditioner="ramp")
 
 
@@ -211,3 +212,15 @@ def test_auto_preconditions_ct_and_leaves_other_operators_plain():
     x1 = torch.rand(2, 1, 8, 8)
     assert torch.equal(MCLoss(preconditioner="auto")(y=y, x1=x1, f=None, physics=ct),
                        MCLoss(preconditioner="ramp")(y=y, x1=x1, f=None, physics=ct))
+
+
+def test_a_preconditioned_map_with_a_plain_data_term_is_named_at_start_up():
+    from eqdeq_cli.components import unweighted_data_terms
+    from eqdeq_cli.losses import CompositeLoss, EILoss, MCLoss, SupervisedLoss, SURELoss
+
+    ct = CTRadon(img_size=8, n_views=3)
+    assert unweighted_data_terms(CompositeLoss(terms={"mc": MCLoss(preconditioner="auto"), "ei": EILoss()}), ct) == []
+    assert unweighted_data_terms(CompositeLoss(terms={"sup": SupervisedLoss()}), ct) == []
+    assert unweighted_data_terms(CompositeLoss(terms={"mc": MCLoss(), "ei": EILoss()}), ct) == ["'mc'"]
+    assert unweighted_data_terms(CompositeLoss(terms={"sure": SURELoss(), "ei": EILoss()}), ct) == ["'sure' (SURE)"]
+    assert unweighted_data_terms(CompositeLoss(terms={"mc": MCLoss(weight=0.0), "sup": SupervisedLoss()}), ct) == []

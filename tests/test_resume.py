@@ -101,6 +101,31 @@ def test_a_run_whose_default_changed_since_is_told_the_override_that_continues_i
         check_same_experiment(saved, now, source, "auto")
 
 
+@pytest.mark.parametrize("physics, refused", [("eqdeq_cli.physics.CTRadon", True),
+                                              ("eqdeq_cli.physics.MRICartesian", False),
+                                              ("eqdeq_cli.physics.Inpainting", False)])
+def test_auto_preconditioning_compares_as_what_it_means_under_the_physics(tmp_path, physics, refused):
+    # a checkpoint written before the preconditioner keys existed: auto changes CT, nothing else
+    saved = {"physics": {"_target_": physics}, "map": {"_target_": "eqdeq_cli.deq.ProxGradMap", "anchor": 0.0},
+             "loss": {"terms": {"mc": {"_target_": "eqdeq_cli.losses.MCLoss", "weight": 1.0}}}}
+    now = json.loads(json.dumps(saved))
+    now["map"]["preconditioner"] = "auto"
+    now["loss"]["terms"]["mc"]["preconditioner"] = "auto"
+    source = tmp_path / "last.pt"
+    if refused:
+        with pytest.raises(ResumeRefused, match="add map.preconditioner=none loss.terms.mc.preconditioner=none "
+                                                "to the command"):
+            check_same_experiment(saved, now, source, "auto")
+    else:
+        check_same_experiment(saved, now, source, "auto")
+    # a run written with auto is the same experiment as one that names what auto meant for it
+    named = json.loads(json.dumps(now))
+    named["map"]["preconditioner"] = "ramp" if refused else "none"
+    assert config_differences(now, named) == []
+    named["map"]["preconditioner"] = "none" if refused else "ramp"
+    assert len(config_differences(now, named)) == 1
+
+
 def test_rerunning_a_directory_with_another_physics_is_refused_and_leaves_the_run_as_it_was(
         tmp_path, cache_dir, capfd):
     run_dir = tmp_path / "run"

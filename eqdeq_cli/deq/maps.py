@@ -160,7 +160,8 @@ class ProxGradMap(_StepMap):
         weighted = getattr(physics, "has_preconditioner", False)
         if preconditioner == "ramp" and not weighted:
             raise ValueError(f"preconditioner='ramp' needs a physics with a measurement weight (CT's ramp "
-                             f"filter); {type(physics).__name__} has none: use preconditioner=none or auto")
+                             f"filter); {type(physics).__name__} has none: use preconditioner=none or auto "
+                             f"(map.preconditioner)")
         if preconditioner == "auto":
             preconditioner = "ramp" if weighted else "none"
         self.preconditioner = preconditioner
@@ -170,7 +171,9 @@ class ProxGradMap(_StepMap):
             step_max = 2.0 / self.operator_norm() ** 2
         check_real("step_max", step_max, low=0.0)
         if float(self.log_step.detach().exp()) > step_max * (1 + 1e-6):
-            raise ValueError(f"step_init={float(self.log_step.detach().exp()):.6g} exceeds step_max={step_max:.6g}")
+            bound = " (2/‖AᵀPA‖ with the ramp preconditioner)" if self.preconditioned else ""
+            raise ValueError(f"step_init={float(self.log_step.detach().exp()):.6g} exceeds "
+                             f"step_max={step_max:.6g}{bound}")
         self.step_max = float(step_max)
 
     @property

@@ -52,7 +52,7 @@ class MCLoss(LossTerm):
             if not physics.has_preconditioner:
                 raise ValueError(f"MCLoss: preconditioner='ramp' needs a physics with a measurement weight "
                                  f"(CT's ramp filter); {type(physics).__name__} has none: use preconditioner=none "
-                                 f"or auto")
+                                 f"or auto (loss.terms.mc.preconditioner)")
             self.scale = physics.mean_eigenvalue() / physics.mean_eigenvalue(preconditioned=True)
             log.info("MC loss in the ramp-weighted norm, scaled by trace(AᵀA)/trace(AᵀPA) = %.4g", self.scale)
         return self.scale

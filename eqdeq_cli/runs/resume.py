@@ -18,6 +18,8 @@ was saved in the checkpoint.
 """
 from __future__ import annotations
 
+import copy
+
 import json
 import logging
 import re
@@ -134,7 +136,7 @@ def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], s
     """Raises :class:`ResumeRefused` when ``config`` (the new run's, resolved) and ``saved`` (the
     checkpoint's) differ in a key outside :data:`RESUMABLE_KEYS`; the message names the keys
     (at most 6), with the saved and the new value."""
-    found = _differences(saved, config)
+    found = _differences(resolve_auto(saved), resolve_auto(config))
     if not found:
         return
     diffs = [_describe(d) for d in found]
@@ -157,7 +159,39 @@ def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], s
 def config_differences(saved: Any, new: Any) -> list[str]:
     """``"key: saved → new"`` for every difference between two plain configs outside
     :data:`RESUMABLE_KEYS`; a node whose ``_target_`` changed is one difference (its class)."""
-    return [_describe(d) for d in _differences(saved, new)]
+    return [_describe(d) for d in _differences(resolve_auto(saved), resolve_auto(new))]
+
+
+#: Keys whose value ``auto`` stands for ``ramp`` under a physics with a measurement weight (CT)
+#: and for ``none`` under any other.
+AUTO_PRECONDITIONER_KEYS = (("map", "preconditioner"), ("loss", "terms", "mc", "preconditioner"))
+
+
+def resolve_auto(config: Any) -> Any:
+    """``config`` with each ``auto`` of :data:`AUTO_PRECONDITIONER_KEYS` replaced by what it means
+    under the config's physics (``ramp`` or ``none``), so that ``auto`` and its meaning compare
+    equal (an MRI run from before the key existed resumes under ``auto``). A config without a
+    physics class that can be imported is returned as it is."""
+    if not isinstance(config, Mapping):
+        return config
+    physics = config.get("physics")
+    target = physics.get("_target_") if isinstance(physics, Mapping) else None
+    try:
+        from hydra.utils import get_class
+
+        weighted = bool(getattr(get_class(target), "has_preconditioner", False)) if target else None
+    except Exception:  # an unknown or moved class: compare the values as written
+        weighted = None
+    if weighted is None:
+        return config
+    out = copy.deepcopy(dict(config))
+    for path in AUTO_PRECONDITIONER_KEYS:
+        node = out
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if isinstance(node, dict) and node.get(path[-1]) == "auto":
+            node[path[-1]] = "ramp" if weighted else "none"
+    return out
 
 
 def restoring_overrides(found: list[tuple[str, Any, Any]]) -> list[str]:
