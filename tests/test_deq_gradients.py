@@ -318,6 +318,19 @@ def test_misspelt_solver_option_fails_when_building():
         build_reconstructor(cfg, physics, fmap.denoiser)
 
 
+def test_an_option_the_map_does_not_take_is_named_with_the_maps_options():
+    cfg = OmegaConf.create({
+        "map": OmegaConf.load(CONFIGS / "map" / "hqs.yaml"),
+        "solver": OmegaConf.load(CONFIGS / "solver" / "anderson.yaml"),
+        "grad": OmegaConf.load(CONFIGS / "grad" / "implicit.yaml"),
+    })
+    cfg.map.preconditioner = "ramp"  # a ProxGradMap option
+    fmap, physics, _ = make_problem()
+    with pytest.raises(ValueError, match=r"^map: HQSMap has no option 'preconditioner'; its options: step_init, "
+                                         r"learn_step, cg_iters, cg_tol, anchor$"):
+        build_reconstructor(cfg, physics, fmap.denoiser)
+
+
 @pytest.mark.parametrize("make_physics", [
     lambda: Inpainting(img_size=8, keep_fraction=0.5),
     lambda: MRICartesian(img_size=8, acceleration=2, center_fraction=0.25),

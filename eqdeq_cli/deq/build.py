@@ -92,6 +92,13 @@ def build_reconstructor(cfg: DictConfig, physics: LinearPhysics, denoiser: nn.Mo
         fmap = make_map(denoiser=denoiser, physics=physics)
     except ValueError as exc:
         raise ValueError(f"map: {exc}") from None
+    except TypeError as exc:  # an option the map's class does not take (map=hqs +map.preconditioner=ramp)
+        func = getattr(make_map, "func", None)
+        if func is None or "unexpected keyword argument" not in str(exc):
+            raise
+        valid = [n for n in inspect.signature(func).parameters if n not in ("self", "denoiser", "physics")]
+        bad = str(exc).split("unexpected keyword argument ")[-1]
+        raise ValueError(f"map: {func.__name__} has no option {bad}; its options: {', '.join(valid)}") from None
     solvers = {}
     for name in ("forward", "backward", "eval"):
         solvers[name] = instantiate(cfg.solver[name])
