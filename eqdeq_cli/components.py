@@ -16,7 +16,7 @@ from torch import nn
 
 from .data import DataSource
 from .deq import DEQ, build_reconstructor
-from .physics.base import LinearPhysics
+from .physics.base import LinearPhysics, resolve_preconditioner
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def unweighted_data_terms(loss: Any, physics: Any) -> list[str]:
             continue
         if isinstance(term, SURELoss):
             out.append(f"'{name}' (SURE)")
-        elif isinstance(term, MCLoss) and (term.preconditioner == "none" or not physics.has_preconditioner):
+        elif isinstance(term, MCLoss) and resolve_preconditioner(term.preconditioner, type(physics)) == "none":
             out.append(f"'{name}'")
     return out
 

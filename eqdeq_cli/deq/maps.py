@@ -25,11 +25,8 @@ import torch
 from torch import nn
 
 from eqdeq_cli.linalg import conjugate_gradient
-from eqdeq_cli.physics.base import LinearPhysics
+from eqdeq_cli.physics.base import LinearPhysics, resolve_preconditioner
 from eqdeq_cli.utils.checks import check_int, check_real
-
-#: Choices of :class:`ProxGradMap`'s ``preconditioner``.
-PRECONDITIONERS = ("auto", "none", "ramp")
 
 
 @dataclass
@@ -155,18 +152,9 @@ class ProxGradMap(_StepMap):
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
                  learn_step: bool = True, step_max: float | None = None, anchor: float = 0.0,
                  preconditioner: str = "none") -> None:
-        if preconditioner not in PRECONDITIONERS:
-            raise ValueError(f"unknown preconditioner {preconditioner!r}; valid: {', '.join(PRECONDITIONERS)}")
-        weighted = getattr(physics, "has_preconditioner", False)
-        if preconditioner == "ramp" and not weighted:
-            raise ValueError(f"preconditioner='ramp' needs a physics with a measurement weight (CT's ramp "
-                             f"filter); {type(physics).__name__} has none: use preconditioner=none or auto "
-                             f"(map.preconditioner)")
-        if preconditioner == "auto":
-            preconditioner = "ramp" if weighted else "none"
-        self.preconditioner = preconditioner
+        self.preconditioner = resolve_preconditioner(preconditioner, type(physics), key="map.preconditioner")
         super().__init__(denoiser, physics, step_init, learn_step, anchor,
-                         preconditioned=preconditioner == "ramp")
+                         preconditioned=self.preconditioner == "ramp")
         if step_max is None:
             step_max = 2.0 / self.operator_norm() ** 2
         check_real("step_max", step_max, low=0.0)

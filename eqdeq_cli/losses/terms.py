@@ -17,6 +17,7 @@ import torch
 
 from ..groups import Group
 from ..physics import LinearPhysics
+from ..physics.base import check_preconditioner, resolve_preconditioner
 from .base import LossTerm, Reconstructor, dot, image_elements, sq_norm
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,12 @@ class MCLoss(LossTerm):
 
     def __init__(self, *, weight: float = 1.0, preconditioner: str = "none") -> None:
         super().__init__(weight)
-        if preconditioner not in ("auto", "none", "ramp"):
-            raise ValueError(f"MCLoss: unknown preconditioner {preconditioner!r}; valid: auto, none, ramp")
+        check_preconditioner(preconditioner, "MCLoss: ")
         self.preconditioner = preconditioner
         self.scale: float | None = None
 
     def _scale(self, physics: LinearPhysics) -> float:
         if self.scale is None:
-            if not physics.has_preconditioner:
-                raise ValueError(f"MCLoss: preconditioner='ramp' needs a physics with a measurement weight "
-                                 f"(CT's ramp filter); {type(physics).__name__} has none: use preconditioner=none "
-                                 f"or auto (loss.terms.mc.preconditioner)")
             self.scale = physics.mean_eigenvalue() / physics.mean_eigenvalue(preconditioned=True)
             log.info("MC loss in the ramp-weighted norm, scaled by trace(AᵀA)/trace(AᵀPA) = %.4g", self.scale)
         return self.scale
@@ -60,7 +56,8 @@ class MCLoss(LossTerm):
     def per_sample(self, *, y: torch.Tensor, x1: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
                    group: Group | None, x: torch.Tensor | None,
                    generator: torch.Generator | None) -> torch.Tensor:
-        if self.preconditioner == "ramp" or (self.preconditioner == "auto" and physics.has_preconditioner):
+        if resolve_preconditioner(self.preconditioner, type(physics), "MCLoss: ",
+                                  "loss.terms.mc.preconditioner") == "ramp":
             scale = self._scale(physics)
             r = physics.A(x1) - y
             return scale * dot(r, physics.precondition(r)) / image_elements(x1)

@@ -164,6 +164,33 @@ class LinearPhysics(nn.Module):
         return conjugate_gradient(lambda v: self.AtA(v) + v / gamma, rhs, x0=z, n_iter=n_iter, tol=tol)
 
 
+#: Choices of a preconditioner setting (``map.preconditioner``, ``loss.terms.mc.preconditioner``).
+PRECONDITIONERS = ("auto", "none", "ramp")
+
+
+def check_preconditioner(choice: str, owner: str = "") -> None:
+    """Raises ``ValueError`` (prefixed by ``owner``) unless ``choice`` is one of :data:`PRECONDITIONERS`."""
+    if choice not in PRECONDITIONERS:
+        raise ValueError(f"{owner}unknown preconditioner {choice!r}; valid: {', '.join(PRECONDITIONERS)}")
+
+
+def resolve_preconditioner(choice: str, physics_type: type, owner: str = "", key: str = "") -> str:
+    """What a preconditioner setting means for an operator of class ``physics_type``: ``"ramp"``
+    for ``ramp``, and for ``auto`` where the class has a measurement weight
+    (``has_preconditioner``, i.e. CT), else ``"none"``.
+
+    Raises:
+        ValueError: (prefixed by ``owner``, naming the config ``key``) an unknown ``choice``, or
+            ``ramp`` for a class without a measurement weight.
+    """
+    check_preconditioner(choice, owner)
+    weighted = bool(getattr(physics_type, "has_preconditioner", False))
+    if choice == "ramp" and not weighted:
+        raise ValueError(f"{owner}preconditioner='ramp' needs a physics with a measurement weight (CT's ramp "
+                         f"filter); {physics_type.__name__} has none: use preconditioner=none or auto ({key})")
+    return "ramp" if choice == "ramp" or (choice == "auto" and weighted) else "none"
+
+
 def _module_device(module: nn.Module) -> torch.device:
     for t in list(module.buffers()) + list(module.parameters()):
         return t.device

@@ -19,7 +19,6 @@ was saved in the checkpoint.
 from __future__ import annotations
 
 import copy
-
 import json
 import logging
 import re
@@ -28,6 +27,7 @@ from typing import Any, Mapping
 
 from ..engine.checkpoint import load_checkpoint, resolve_checkpoint_path
 from ..errors import CheckpointError, UserError
+from ..physics.base import resolve_preconditioner
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +179,10 @@ def resolve_auto(config: Any) -> Any:
     try:
         from hydra.utils import get_class
 
-        weighted = bool(getattr(get_class(target), "has_preconditioner", False)) if target else None
+        physics_type = get_class(target) if target else None
     except Exception:  # an unknown or moved class: compare the values as written
-        weighted = None
-    if weighted is None:
+        physics_type = None
+    if physics_type is None:
         return config
     out = copy.deepcopy(dict(config))
     for path in AUTO_PRECONDITIONER_KEYS:
@@ -190,7 +190,7 @@ def resolve_auto(config: Any) -> Any:
         for key in path[:-1]:
             node = node.get(key) if isinstance(node, Mapping) else None
         if isinstance(node, dict) and node.get(path[-1]) == "auto":
-            node[path[-1]] = "ramp" if weighted else "none"
+            node[path[-1]] = resolve_preconditioner("auto", physics_type)
     return out
 
 
