@@ -276,3 +276,65 @@ def test_time_capped_jobs_are_counted_and_listed(tmp_path: Path) -> None:
     table.write_csv(tmp_path / "groups.csv")
     assert [r["time_capped"] for r in csv.DictReader(open(tmp_path / "groups.csv"))] == ["0", "1"]
     assert "time_capped" not in collect(make_sweep(tmp_path / "plain")).to_markdown()
+
+
+def _ct_config(**changes: object) -> dict:
+    """A composed CT config as a job of the current version writes it; ``changes`` maps a dotted
+    key to a new value (``None`` removes the key, as in a config from before the key existed)."""
+    cfg = {"seed": 0, "task": "train",
+           "physics": {"_target_": "eqdeq_cli.physics.CTRadon", "n_views": 25},
+           "map": {"_target_": "eqdeq_cli.deq.maps.ProxGradMap", "anchor": 0.0, "preconditioner": "auto"},
+           "grad": {"mode": "implicit", "sample_cache": 0},
+           "trainer": {"max_steps": 150, "device": "auto", "progress": True}}
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        if value is None:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return cfg
+
+
+def test_jobs_with_equal_overrides_but_other_settings_get_their_own_rows(tmp_path: Path) -> None:
+    # seed 0 from before map.preconditioner existed (no preconditioning), seeds 1 and 2 from now
+    # (auto: ramp on CT), all three with the same command line
+    write_job(tmp_path / "0", ["seed=0"], {"psnr": 36.0}, config=_ct_config(**{"map.preconditioner": None}))
+    write_job(tmp_path / "1", ["seed=1"], {"psnr": 39.0}, config=_ct_config(seed=1))
+    write_job(tmp_path / "2", ["seed=2"], {"psnr": 39.2}, config=_ct_config(seed=2, **{"map.preconditioner": "ramp"}))
+    table = collect(tmp_path, metrics=["psnr"])
+    assert table.group_keys == table.config_keys == ["map.preconditioner"]
+    assert [(r.values, r.n) for r in table.rows] == [(("none",), 1), (("ramp",), 2)]
+    assert table.rows[1].summaries["psnr"].mean == pytest.approx(39.1)
+    md = table.to_markdown()
+    assert "| map.preconditioner | n | failures | psnr |" in md
+    assert ("Rows are also split by config keys that differ between jobs with the same overrides (a default "
+            "changed between the runs, or a config file was edited): `map.preconditioner`.") in md
+
+
+def test_added_keys_and_run_only_keys_do_not_split_rows(tmp_path: Path) -> None:
+    # an older job without grad.sample_cache (= 0, as now), jobs run on another device, without a
+    # progress bar: one experiment, one row
+    write_job(tmp_path / "0", ["seed=0"], {"psnr": 30.0}, config=_ct_config(**{"grad.sample_cache": None}))
+    write_job(tmp_path / "1", ["seed=1"], {"psnr": 31.0},
+              config=_ct_config(seed=1, **{"trainer.device": "cuda", "trainer.progress": False}))
+    table = collect(tmp_path, metrics=["psnr"])
+    assert table.group_keys == [] and table.config_keys == []
+    assert [r.n for r in table.rows] == [2]
+    # a longer run is another experiment
+    write_job(tmp_path / "2", ["seed=2"], {"psnr": 33.0}, config=_ct_config(seed=2, **{"trainer.max_steps": 400}))
+    table = collect(tmp_path, metrics=["psnr"])
+    assert table.group_keys == ["trainer.max_steps"]
+    assert [(r.values, r.n) for r in table.rows] == [(("150",), 2), (("400",), 1)]
+
+
+def test_explicit_group_by_lists_mixed_settings(tmp_path: Path) -> None:
+    write_job(tmp_path / "0", ["seed=0"], {"psnr": 36.0}, config=_ct_config(**{"map.preconditioner": "none"}))
+    write_job(tmp_path / "1", ["seed=1"], {"psnr": 39.0}, config=_ct_config(seed=1))
+    table = collect(tmp_path, metrics=["psnr"], group_by=["physics.n_views"])
+    assert table.group_keys == ["physics.n_views"] and table.mixed_keys == ["map.preconditioner"]
+    assert [(r.values, r.n) for r in table.rows] == [(("25",), 2)]
+    assert ("Jobs in one row differ in config keys not grouped by: `map.preconditioner` (add them to "
+            "--group-by to split the rows).") in table.to_markdown()

@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="PREFIX", help="output prefix (default: DIR/results)")
     parser.add_argument("--metrics", type=_split_list, help="comma-separated metrics (default: all)")
     parser.add_argument(
-        "--group-by", type=_split_list, help="comma-separated keys (default: the swept keys except the seed)"
+        "--group-by", type=_split_list,
+        help="comma-separated keys (default: the swept keys except the seed, then any setting that differs "
+        "between jobs with the same overrides)"
     )
     parser.add_argument("--seed-key", default="seed", help="the override averaged over (default: seed)")
     parser.add_argument("--quiet", action="store_true", help="do not print the Markdown table")
@@ -69,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         + (f", {len(table.time_capped)} stopped at the time cap" if table.time_capped else "")
         + ") -> " + ", ".join(map(str, paths)) + "\n"
     )
+    if table.config_keys:
+        sys.stderr.write(f"rows also split by settings that differ between jobs with the same overrides: "
+                         f"{', '.join(table.config_keys)}\n")
+    if table.mixed_keys:
+        sys.stderr.write(f"jobs in one row differ in settings not grouped by: {', '.join(table.mixed_keys)}\n")
     return 0
 
 

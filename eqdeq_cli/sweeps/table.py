@@ -11,8 +11,11 @@ with the run output contract:
   "error": "..."}``, written by the runner.
 
 Jobs are grouped by the swept override keys (all keys whose value differs between jobs,
-except the seed); within a group every metric is summarised over the seeds by its mean
-and its sample standard deviation
+except the seed), and further by any config key whose value differs between jobs with the
+same overrides (:func:`config_leaves`: a default that changed between two versions of
+eqdeq, or an edited config file, so runs of different experiments never share a row);
+within a group every metric is summarised over the seeds by its mean and its sample
+standard deviation
 
     mean = (1/n) Σ_i m_i,    std = sqrt( Σ_i (m_i − mean)² / (n − 1) ),
 
@@ -34,6 +37,7 @@ Jobs analysed by ``eqdeq analyze`` contribute their ``analysis.json`` summary as
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..runs.resume import ADDED_KEYS, RESUMABLE_KEYS, resolve_auto
 from .jobs import JobResult, find_job_dirs, natural_key, read_job
 
 __all__ = ["Summary", "GroupRow", "SweepTable", "collect", "format_summary"]
@@ -51,6 +56,10 @@ PREFERRED_METRICS: tuple[str, ...] = ("psnr", "ssim", "psnr_init", "ssim_init", 
 #: Bookkeeping numbers of ``metrics.json``, kept in the CSV files but left out of the Markdown
 #: table unless asked for (``n`` would also clash with the table's own job count).
 BOOKKEEPING: tuple[str, ...] = ("n", "step", "steps", "best_val.step", "nonfinite")
+#: Config keys that say where and how a job ran, logged and checkpointed, not what it computed
+#: (the keys a run may change on resume, except its length): jobs differing only in these share a row.
+RUN_ONLY_KEYS: tuple[str, ...] = tuple(
+    k for k in RESUMABLE_KEYS if k not in ("trainer.max_steps", "trainer.max_minutes", "trainer.max_bad_steps"))
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,11 @@ class SweepTable:
     rows: list[GroupRow] = field(default_factory=list)
     #: The metrics of the Markdown table (default: :attr:`metrics` without :data:`BOOKKEEPING`).
     shown: list[str] | None = None
+    #: Group keys taken from the configs, not the overrides: keys whose value differs between
+    #: jobs with the same overrides (a changed default, an edited config).
+    config_keys: list[str] = field(default_factory=list)
+    #: With ``group_by`` given: config keys whose value differs between jobs of one row.
+    mixed_keys: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[JobResult]:
@@ -150,6 +164,13 @@ class SweepTable:
             cells = [*row.values, str(row.n), str(row.failures), *([str(row.time_capped)] if capped else [])]
             cells += [format_summary(row.summaries.get(m)) for m in shown]
             lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+        if self.config_keys:
+            lines += ["", "Rows are also split by config keys that differ between jobs with the same overrides "
+                      "(a default changed between the runs, or a config file was edited): "
+                      + ", ".join(f"`{k}`" for k in self.config_keys) + "."]
+        if self.mixed_keys:
+            lines += ["", "Jobs in one row differ in config keys not grouped by: "
+                      + ", ".join(f"`{k}`" for k in self.mixed_keys) + " (add them to --group-by to split the rows)."]
         if self.failed:
             lines += ["", f"Failed or incomplete jobs ({len(self.failed)}):", ""]
             for job in self.failed:
@@ -187,8 +208,11 @@ def collect(
 
     ``metrics``: the metric names to tabulate (default: every numeric key found).
     ``group_by``: the keys to group by (default: every override key whose value differs
-    between jobs, except ``seed_key``); a key that is not an override is looked up in the
-    job's config by its dotted path (``physics.views``).
+    between jobs, except ``seed_key``, then every config key whose value differs between jobs
+    with the same overrides, except :data:`RUN_ONLY_KEYS`: :attr:`SweepTable.config_keys`); a
+    key that is not an override is looked up in the job's config by its dotted path
+    (``physics.n_views``). With ``group_by`` given, config keys that differ within a row are
+    listed in :attr:`SweepTable.mixed_keys` instead.
     Raises ``FileNotFoundError`` when the directory is missing or holds no job, and
     ``KeyError`` for a metric or group key found in no job.
     """
@@ -233,13 +257,33 @@ def collect(
         fixed = {k: v for k, v in fixed.items() if k not in keys}
 
     shown = chosen if metrics is not None else [m for m in chosen if m not in BOOKKEEPING]
-    table = SweepTable(sweep_dir=root, jobs=jobs, group_keys=keys, fixed=fixed, metrics=chosen, shown=shown)
-    groups: dict[tuple[str, ...], list[JobResult]] = {}
-    for job in jobs:
-        value = tuple("" if (v := _lookup(job, k)) is None else v for k in keys)
-        groups.setdefault(value, []).append(job)
-    for value in sorted(groups, key=lambda t: tuple(natural_key(v) for v in t)):
-        members = groups[value]
+    leaves = [config_leaves(job.config) for job in jobs]
+    from_configs: set[str] = set()
+
+    def value(i: int, key: str) -> str:
+        """The override, else the config value (as compared: :func:`config_leaves`)."""
+        found = jobs[i].overrides.get(key)
+        if found is None and key not in from_configs:
+            found = _lookup(jobs[i], key)
+        if found is None:
+            found = leaves[i].get(key)
+        return "" if found is None else found
+
+    def grouped(by: list[str]) -> dict[tuple[str, ...], list[int]]:
+        out: dict[tuple[str, ...], list[int]] = {}
+        for i in range(len(jobs)):
+            out.setdefault(tuple(value(i, k) for k in by), []).append(i)
+        return out
+
+    differing = _differing_config_keys(grouped(keys).values(), leaves, skip={*keys, seed_key})
+    config_keys, mixed_keys = (differing, []) if group_by is None else ([], differing)
+    from_configs.update(config_keys)
+    keys += config_keys
+    table = SweepTable(sweep_dir=root, jobs=jobs, group_keys=keys, fixed=fixed, metrics=chosen, shown=shown,
+                       config_keys=config_keys, mixed_keys=mixed_keys)
+    groups = {k: [jobs[i] for i in members] for k, members in grouped(keys).items()}
+    for row_values in sorted(groups, key=lambda t: tuple(natural_key(v) for v in t)):
+        members = groups[row_values]
         ok = [j for j in members if j.status == "ok"]
         summaries = {}
         for m in chosen:
@@ -247,10 +291,53 @@ def collect(
             if vals:
                 summaries[m] = _summarise(vals)
         table.rows.append(
-            GroupRow(values=value, n=len(ok), failures=len(members) - len(ok), summaries=summaries,
+            GroupRow(values=row_values, n=len(ok), failures=len(members) - len(ok), summaries=summaries,
                      time_capped=sum(1 for j in ok if j.time_cap))
         )
     return table
+
+
+def config_leaves(config: Any) -> dict[str, str]:
+    """A job's composed config as ``{dotted key: value}`` (values as JSON text, strings as
+    they are), the way two runs' settings are compared: a key added to eqdeq after the run
+    counts at the value that gives the run's behaviour (:data:`~eqdeq_cli.runs.resume.ADDED_KEYS`)
+    and ``auto`` preconditioning as what it means under the run's physics. ``{}`` for a job
+    without a config."""
+    if not isinstance(config, dict) or not config:
+        return {}
+    config = copy.deepcopy(config)
+    for key, default in ADDED_KEYS.items():
+        *parents, leaf = key.split(".")
+        node: Any = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = default
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, sub in node.items():
+                walk(sub, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            out[prefix] = node if isinstance(node, str) else json.dumps(node)
+
+    walk(resolve_auto(config), "")
+    return out
+
+
+def _differing_config_keys(groups: Any, leaves: list[dict[str, str]], skip: set[str]) -> list[str]:
+    """Config keys (in first-seen order) whose value differs between two jobs of one group,
+    leaving out ``skip`` and :data:`RUN_ONLY_KEYS`; jobs without a config are not compared."""
+    found: list[str] = []
+    for members in groups:
+        have = [leaves[i] for i in members if leaves[i]]
+        for key in dict.fromkeys(k for leaf in have for k in leaf):
+            if key in found or key in skip or any(key == r or key.startswith(f"{r}.") for r in RUN_ONLY_KEYS):
+                continue
+            if len({leaf.get(key) for leaf in have}) > 1:
+                found.append(key)
+    return found
 
 
 def _summarise(vals: list[float]) -> Summary:
