@@ -82,5 +82,5 @@ def test_operator_changes_lists_each_setting():
     assert operator_changes(trained, trained) is None
     assert operator_changes(trained, {**trained, "_target_": "Q"}) == "physics P -> Q"
     used = {"_target_": "P", "b": "x", "noise": {"_target_": "N", "sigma": 0.2}}
-    assert operator_changes(trained, used) == "physics.a 1 -> (absent), physics.noise.sigma 0.1 -> 0.2, physics.b (absent) -> 'x'"
+    assert operator_changes(trained, used) == "physics.b (absent) -> 'x', physics.noise.sigma 0.1 -> 0.2, physics.a 1 -> (absent)"
     assert describe_node(used) == "P(b='x', noise=N(sigma=0.2))"

@@ -21,29 +21,21 @@ def describe_node(node: Any) -> str:
     return f"{node.get('_target_', '')}({inner})"
 
 
-def _leaves(node: Any, prefix: str) -> dict[str, Any]:
-    if not isinstance(node, Mapping):
-        return {prefix: node}
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        out.update(_leaves(value, f"{prefix}.{key}"))
-    return out
-
-
 def operator_changes(trained: Mapping[str, Any], used: Mapping[str, Any]) -> str | None:
     """What differs between the ``physics`` node a checkpoint was trained with and the one
     used now, in one line (``None`` when nothing does): the class when it changed, else
-    each setting as ``physics.key old -> new``."""
-    if trained.get("_target_") != used.get("_target_"):
-        return f"physics {trained.get('_target_')} -> {used.get('_target_')}"
-    old, new = _leaves(trained, "physics"), _leaves(used, "physics")
+    each setting as ``physics.key old -> new`` (``(absent)`` for a key one side lacks)."""
+    from .resume import ABSENT, setting_differences
 
-    def show(leaves: dict[str, Any], key: str) -> str:
-        return repr(leaves[key]) if key in leaves else "(absent)"
+    found = setting_differences(trained, used, "physics")
+    for key, old, new in found:
+        if key == "physics._target_":
+            return f"physics {old} -> {new}"
 
-    changed = [f"{key} {show(old, key)} -> {show(new, key)}" for key in dict.fromkeys([*old, *new])
-               if key not in old or key not in new or old[key] != new[key]]
-    return ", ".join(changed) or None
+    def show(value: Any) -> str:
+        return "(absent)" if value is ABSENT else repr(value)
+
+    return ", ".join(f"{key} {show(old)} -> {show(new)}" for key, old, new in found) or None
 
 
 def operator_record(saved_config: Mapping[str, Any], run_cfg: DictConfig,

@@ -218,6 +218,15 @@ def _override_value(value: Any) -> str:
     return str(value)
 
 
+def setting_differences(saved: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """``(key, saved, new)`` per difference between two plain config nodes found at ``path``,
+    outside :data:`RESUMABLE_KEYS`, in the new node's key order and then the keys only
+    ``saved`` has; a key missing on one side has the value :data:`ABSENT`, and a node whose
+    class changed is one difference, ``(key._target_, saved class, new class)``. A key of
+    :data:`ADDED_KEYS` missing from ``saved`` matches its former value."""
+    return _differences(saved, new, path)
+
+
 def _differences(saved: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     """``(key, saved, new)`` per difference; for a changed class, ``(key._target_, saved, new)``."""
     if _resumable(path):
@@ -248,7 +257,8 @@ def _describe(diff: tuple[str, Any, Any]) -> str:
     return f"{path}: {_show(saved)} → {_show(new)}"
 
 
-_ABSENT = object()
+#: The value of a key that one of two compared configs does not have.
+ABSENT = _ABSENT = object()
 
 
 def _resumable(path: str) -> bool:
