@@ -16,6 +16,8 @@ Settings (``--settings``, default: all):
 * ``default``: the shipped configuration;
 * ``cache``: ``grad.sample_cache=1024`` (4 × the default ``data.n_train``; each training sample starts from its last
   fixed point);
+* ``cache+bwd5``: the cache with a backward solve of at most 5 iterations
+  (``solver.backward.max_iter=5``; 10 by default);
 * ``cache+warm``: also ``grad.warm_start=true`` (the EI loss's second call starts from the
   first call's solution);
 * ``tol1e-3``: the training solve stops at a relative residual of 1e-3 instead of 1e-4
@@ -49,6 +51,7 @@ from pathlib import Path
 SETTINGS = {
     "default": [],
     "cache": ["grad.sample_cache=1024"],
+    "cache+bwd5": ["grad.sample_cache=1024", "solver.backward.max_iter=5"],
     "cache+warm": ["grad.sample_cache=1024", "grad.warm_start=true"],
     "tol1e-3": ["solver.forward.tol=1e-3"],
     "tol1e-3+cache": ["solver.forward.tol=1e-3", "grad.sample_cache=1024"],
