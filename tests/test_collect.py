@@ -338,3 +338,31 @@ def test_explicit_group_by_lists_mixed_settings(tmp_path: Path) -> None:
     assert [(r.values, r.n) for r in table.rows] == [(("25",), 2)]
     assert ("Jobs in one row differ in config keys not grouped by: `map.preconditioner` (add them to "
             "--group-by to split the rows).") in table.to_markdown()
+
+
+def test_job_claimed_again_with_an_earlier_metrics_json_is_incomplete(tmp_path: Path) -> None:
+    # a completed run trained further (or rerun with a longer max_steps): the runner rewrites
+    # .hydra/overrides.yaml and status.json ("running", then "stopped" on a stop request), while
+    # the metrics.json of the 2-step model stays until the new run ends
+    earlier = {"psnr": 21.5, "step": 2, "steps": 2}
+    write_job(tmp_path / "0", ["seed=0", "trainer.max_steps=300"], earlier,
+              {"status": "stopped", "task": "train", "signal": "SIGTERM", "elapsed_s": 8.0})
+    write_job(tmp_path / "1", ["seed=1", "trainer.max_steps=300"], earlier,
+              {"status": "running", "task": "train"})
+    write_job(tmp_path / "2", ["seed=2", "trainer.max_steps=300"], {"psnr": 30.0, "step": 300},
+              {"status": "completed", "task": "train", "elapsed_s": 80.0})
+    write_job(tmp_path / "3", ["seed=3", "trainer.max_steps=300"], {"psnr": 31.0, "step": 300})  # no status.json
+    write_job(tmp_path / "4", ["seed=4", "trainer.max_steps=300"], earlier,
+              {"status": "failed", "error": "RuntimeError: boom"})
+    table = collect(tmp_path, metrics=["psnr"])
+    (row,) = table.rows
+    assert (row.n, row.failures) == (2, 3)
+    assert row.summaries["psnr"] == Summary(mean=30.5, std=statistics.stdev([30.0, 31.0]), n=2)
+    jobs = {j.path: j for j in table.jobs}
+    assert [jobs[p].status for p in "01234"] == ["incomplete", "incomplete", "ok", "ok", "failed"]
+    assert jobs["0"].error == "incomplete: status 'stopped' (metrics.json is from an earlier completion at step 2)"
+    assert jobs["1"].error == "incomplete: status 'running' (metrics.json is from an earlier completion at step 2)"
+    assert jobs["0"].metrics == {} and jobs["4"].error == "RuntimeError: boom"
+    md = table.to_markdown()
+    assert "- `0` (incomplete): incomplete: status 'stopped' (metrics.json is from an earlier completion " \
+           "at step 2)" in md

@@ -25,8 +25,11 @@ class JobResult:
 
     ``path`` is relative to the sweep directory; ``overrides`` maps each override key
     (without Hydra's ``+``/``++``/``~`` prefix) to its value as typed on the command line;
-    ``status`` is ``"ok"``, ``"failed"`` (a failure marker or unreadable metrics) or
-    ``"incomplete"`` (no ``metrics.json`` yet: running, preempted or killed); ``error`` says why.
+    ``status`` is ``"ok"`` (a ``metrics.json``, and ``status.json`` says ``"completed"`` or is
+    absent, as in runs from before it existed), ``"failed"`` (a failure marker or unreadable
+    metrics) or ``"incomplete"`` (no ``metrics.json`` yet: running, preempted or killed; or
+    ``status.json`` says ``"running"`` or ``"stopped"`` while a ``metrics.json`` of an earlier
+    completion is still there: a run being trained further); ``error`` says why.
     ``time_cap``: the ``time_cap`` note of ``metrics.json`` when ``trainer.max_minutes`` ended
     the training before ``trainer.max_steps`` (its metrics are of fewer steps), else ``None``.
     """
@@ -110,6 +113,13 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
         except (json.JSONDecodeError, ValueError) as exc:
             status = "failed"
             errors.append(f"unreadable metrics.json: {exc}")
+        if status == "ok" and status_file.is_file() and run_status != "completed":
+            # claimed again (trained further, a longer rerun) and not finished: the metrics
+            # are of the earlier model, not of the settings now in .hydra/overrides.yaml
+            step = raw.get("step")
+            at = f" at step {step}" if isinstance(step, int) and not isinstance(step, bool) else ""
+            errors.insert(0, f"incomplete: status {run_status!r} (metrics.json is from an earlier completion{at})")
+            status = "incomplete"
     if status == "ok":
         metrics.update(read_analysis_summary(job_dir))
     if status != "ok":

@@ -20,8 +20,9 @@ standard deviation
     mean = (1/n) Σ_i m_i,    std = sqrt( Σ_i (m_i − mean)² / (n − 1) ),
 
 with ``std = 0`` in the CSV (and ``–`` in Markdown) when ``n = 1``. A job without a
-readable ``metrics.json`` (still running, preempted, killed) or with a failure marker is
-counted under ``failures``; it does not stop the collection.
+readable ``metrics.json`` (still running, preempted, killed), with a failure marker, or whose
+``status.json`` says ``running`` or ``stopped`` (a run trained further: its ``metrics.json`` is
+the earlier model's) is counted under ``failures``; it does not stop the collection.
 
 A job whose training the time cap (``trainer.max_minutes``) ended before ``trainer.max_steps``
 counts as done, but is marked: a ``time_capped`` column (the number of such jobs in the group,
