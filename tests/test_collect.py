@@ -7,10 +7,14 @@ import math
 import statistics
 from pathlib import Path
 
+import matplotlib.image
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from eqdeq_cli.commands.collect import main
+from eqdeq_cli.engine.images import save_reconstructions_h5
+from eqdeq_cli.sweeps import compare
 from eqdeq_cli.sweeps import jobs as collect_mod
 from eqdeq_cli.sweeps.table import Summary, collect, format_summary
 
@@ -366,3 +370,35 @@ def test_job_claimed_again_with_an_earlier_metrics_json_is_incomplete(tmp_path: 
     md = table.to_markdown()
     assert "- `0` (incomplete): incomplete: status 'stopped' (metrics.json is from an earlier completion " \
            "at step 2)" in md
+
+
+def _sweep_with_reconstructions(root: Path) -> None:
+    """`seed=0,1` run with trainer.grad_clip 1.0, then `seed=2` after the default became 0.5:
+    the same overrides, rows split by a config key; every job saved its reconstructions."""
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for seed, clip in ((0, 1.0), (1, 1.0), (2, 0.5)):
+        cfg = {"seed": seed, "data": {"img_size": 8}, "trainer": {"grad_clip": clip},
+               "evaluation": {"data_range": 1.0}}
+        write_job(root / str(seed), [f"seed={seed}"], {"psnr": 30.0 + seed}, {"status": "completed"}, config=cfg)
+        save_reconstructions_h5(root / str(seed) / "reconstructions" / "test.h5",
+                                x=x, y=torch.zeros(3, 1, 4, 4), x_init=0.9 * x, x_hat=x + 0.01 * seed)
+
+
+def test_rows_hold_their_jobs_and_the_figure_picks_from_them(tmp_path: Path) -> None:
+    _sweep_with_reconstructions(tmp_path)
+    table = collect(tmp_path, metrics=["psnr"])
+    assert table.config_keys == ["trainer.grad_clip"]
+    assert [(r.values, [j.path for j in r.jobs]) for r in table.rows] == [(("0.5",), ["2"]), (("1.0",), ["0", "1"])]
+    assert [compare._representative(table, r).path for r in table.rows] == ["2", "0"]
+    compare.comparison_figure(table, tmp_path / "f.png", n_images=2)
+    # 2 rows of 1.6-inch cells (+ title strip), ground truth, A†y and the 2 rows' reconstructions, at 100 dpi
+    assert matplotlib.image.imread(tmp_path / "f.png").shape[:2] == (2 * 160 + 30, 4 * 160)
+
+
+def test_figure_with_rows_grouped_by_a_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _sweep_with_reconstructions(tmp_path)
+    assert main([str(tmp_path), "--figure", "--quiet", "--group-by", "data.img_size", "--n-images", "3"]) == 0
+    assert "error" not in capsys.readouterr().err
+    (row,) = collect(tmp_path, group_by=["data.img_size"]).rows
+    assert row.values == ("8",) and [j.path for j in row.jobs] == ["0", "1", "2"]
+    assert matplotlib.image.imread(tmp_path / "results_figure.png").shape[:2] == (3 * 160 + 30, 3 * 160)

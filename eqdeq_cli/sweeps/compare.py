@@ -94,12 +94,9 @@ def comparison_markdown(table: SweepTable) -> str:
 
 
 def _representative(table: SweepTable, row: GroupRow, seed_key: str = "seed") -> JobResult | None:
-    """The completed job of ``row`` with the lowest seed that has saved reconstructions."""
-    def lookup(job: JobResult) -> tuple[str, ...]:
-        return tuple(job.overrides.get(k, "") for k in table.group_keys)
-
-    members = [j for j in table.jobs if j.status == "ok" and lookup(j) == row.values
-               and (table.sweep_dir / j.path / RECONSTRUCTIONS).is_file()]
+    """The completed job of ``row`` with the lowest seed that has saved reconstructions (its
+    jobs as grouped by :func:`~eqdeq_cli.sweeps.table.collect`, whose keys may be config keys)."""
+    members = [j for j in row.jobs if j.status == "ok" and (table.sweep_dir / j.path / RECONSTRUCTIONS).is_file()]
     members.sort(key=lambda j: natural_key(j.overrides.get(seed_key, "")))
     return members[0] if members else None
 

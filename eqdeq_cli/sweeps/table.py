@@ -82,6 +82,9 @@ class GroupRow:
     summaries: dict[str, Summary]
     #: Jobs of the group (among the ``n``) that the time cap stopped before ``max_steps``.
     time_capped: int = 0
+    #: The jobs of the row (completed or not), in the order of :attr:`SweepTable.jobs`: a row key
+    #: may come from the configs, so membership cannot be re-derived from the overrides.
+    jobs: tuple[JobResult, ...] = field(default=(), repr=False)
 
 
 @dataclass
@@ -293,7 +296,7 @@ def collect(
                 summaries[m] = _summarise(vals)
         table.rows.append(
             GroupRow(values=row_values, n=len(ok), failures=len(members) - len(ok), summaries=summaries,
-                     time_capped=sum(1 for j in ok if j.time_cap))
+                     time_capped=sum(1 for j in ok if j.time_cap), jobs=tuple(members))
         )
     return table
 
