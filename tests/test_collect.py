@@ -402,3 +402,32 @@ def test_figure_with_rows_grouped_by_a_config_key(tmp_path: Path, capsys: pytest
     (row,) = collect(tmp_path, group_by=["data.img_size"]).rows
     assert row.values == ("8",) and [j.path for j in row.jobs] == ["0", "1", "2"]
     assert matplotlib.image.imread(tmp_path / "results_figure.png").shape[:2] == (3 * 160 + 30, 3 * 160)
+
+
+def _write_choices(job_dir: Path, **choices: str | None) -> None:
+    """``.hydra/hydra.yaml`` as Hydra writes it, reduced to the config group options it records."""
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), job_dir / ".hydra" / "hydra.yaml")
+
+
+def test_a_config_group_named_or_left_at_its_default_shares_a_row(tmp_path: Path) -> None:
+    # a baseline sweep left grad at its default (implicit), a comparison sweep named it: one experiment
+    implicit = {"seed": 0, "grad": {"mode": "implicit", "unroll_steps": 3}}
+    jfb = {"seed": 0, "grad": {"mode": "jfb", "unroll_steps": 3}}
+    write_job(tmp_path / "0", ["seed=0"], {"psnr": 30.0}, config=implicit)
+    write_job(tmp_path / "1", ["grad=implicit", "seed=1"], {"psnr": 31.0}, config=implicit)
+    write_job(tmp_path / "2", ["grad=jfb", "seed=0"], {"psnr": 28.0}, config=jfb)
+    for num, grad in enumerate(("implicit", "implicit", "jfb")):
+        _write_choices(tmp_path / str(num), grad=grad, debug=None, **{"trainer/optimizer": "adam"})
+    table = collect(tmp_path, metrics=["psnr"])
+    assert table.group_keys == ["grad"] and table.config_keys == []
+    assert [(r.values, r.n, [j.path for j in r.jobs]) for r in table.rows] == [
+        (("implicit",), 2, ["0", "1"]), (("jfb",), 1, ["2"])]
+    assert table.rows[0].summaries["psnr"].mean == 30.5
+    assert [r.values for r in collect(tmp_path, group_by=["grad"]).rows] == [("implicit",), ("jfb",)]
+    # a group path that is no config key
+    (row,) = collect(tmp_path, group_by=["trainer/optimizer"]).rows
+    assert row.values == ("adam",) and row.n == 3
+    # a job from before hydra.yaml was kept: its config node, as before
+    write_job(tmp_path / "3", ["seed=2"], {"psnr": 29.0}, config=implicit)
+    table = collect(tmp_path, metrics=["psnr"])
+    assert [r.values for r in table.rows] == [("implicit",), ("jfb",), ('{"mode": "implicit", "unroll_steps": 3}',)]

@@ -135,6 +135,27 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
     )
 
 
+def read_group_choices(job_dir: Path) -> dict[str, str]:
+    """The config group options Hydra composed the job from, ``{"grad": "implicit",
+    "trainer/optimizer": "adam", ...}`` (``hydra.runtime.choices`` of ``.hydra/hydra.yaml``;
+    groups left unselected, ``null`` there, are left out). ``{}`` without that file (runs not
+    started by Hydra); an unreadable one is logged and read as absent."""
+    path = job_dir / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        log.warning("skipping unreadable %s: %s", path, exc)
+        return {}
+    node: Any = data
+    for part in ("hydra", "runtime", "choices"):
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        return {}
+    return {str(k): v for k, v in node.items() if isinstance(v, str)}
+
+
 #: Prefix of the metrics read from a job's ``analysis.json``.
 ANALYSIS_PREFIX = "an_"
 

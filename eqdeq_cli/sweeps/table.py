@@ -45,10 +45,10 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..runs.resume import ADDED_KEYS, RESUMABLE_KEYS, resolve_auto
-from .jobs import JobResult, find_job_dirs, natural_key, read_job
+from .jobs import JobResult, find_job_dirs, natural_key, read_group_choices, read_job
 
 __all__ = ["Summary", "GroupRow", "SweepTable", "collect", "format_summary"]
 
@@ -215,7 +215,9 @@ def collect(
     between jobs, except ``seed_key``, then every config key whose value differs between jobs
     with the same overrides, except :data:`RUN_ONLY_KEYS`: :attr:`SweepTable.config_keys`); a
     key that is not an override is looked up in the job's config by its dotted path
-    (``physics.n_views``). With ``group_by`` given, config keys that differ within a row are
+    (``physics.n_views``), and a key that names a config group (``grad``) by the option Hydra
+    recorded in the job's ``.hydra/hydra.yaml``, so a group named on the command line and one
+    left at that same default share a row. With ``group_by`` given, config keys that differ within a row are
     listed in :attr:`SweepTable.mixed_keys` instead.
     Raises ``FileNotFoundError`` when the directory is missing or holds no job, and
     ``KeyError`` for a metric or group key found in no job.
@@ -239,6 +241,14 @@ def collect(
         if unknown:
             raise KeyError(f"metric(s) {unknown} not found in any metrics.json; available: {found}")
 
+    read_choices: dict[str, dict[str, str]] = {}
+
+    def choices(job: JobResult) -> dict[str, str]:
+        """The job's config group options, read once and only for keys that name a group."""
+        if job.path not in read_choices:
+            read_choices[job.path] = read_group_choices(root / job.path)
+        return read_choices[job.path]
+
     override_keys: list[str] = []
     for job in jobs:
         override_keys += [k for k in job.overrides if k not in override_keys]
@@ -253,7 +263,7 @@ def collect(
     else:
         keys = list(group_by)
         for k in keys:
-            if not any(_lookup(j, k) is not None for j in jobs):
+            if not any(_lookup(j, k, choices) is not None for j in jobs):
                 raise KeyError(
                     f"group key {k!r} is neither an override nor a config key of any job; "
                     f"overrides found: {override_keys}"
@@ -268,7 +278,7 @@ def collect(
         """The override, else the config value (as compared: :func:`config_leaves`)."""
         found = jobs[i].overrides.get(key)
         if found is None and key not in from_configs:
-            found = _lookup(jobs[i], key)
+            found = _lookup(jobs[i], key, choices)
         if found is None:
             found = leaves[i].get(key)
         return "" if found is None else found
@@ -358,15 +368,28 @@ def _ordered_metrics(names: set[str]) -> list[str]:
     return first + sorted(names - set(first))
 
 
-def _lookup(job: JobResult, key: str) -> str | None:
-    """The job's value of ``key``: its override, else the dotted path in its config."""
+def _lookup(job: JobResult, key: str, choices: Callable[[JobResult], dict[str, str]] | None = None) -> str | None:
+    """The job's value of ``key``: its override, else the dotted path in its config (as JSON
+    text unless a string; ``None`` when absent). For a key that names a config group (its config
+    node is a mapping, or absent: ``trainer/optimizer``, ``experiment``), the option the job was
+    composed with, ``choices(job)`` (:func:`~eqdeq_cli.sweeps.jobs.read_group_choices`), comes
+    before the config: ``grad=implicit`` typed and ``grad`` left at its default ``implicit``
+    read the same. Jobs without a recorded choice keep the config's value."""
     if key in job.overrides:
         return job.overrides[key]
     node: Any = job.config
+    found = True
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            found = False
+            break
         node = node[part]
+    if choices is not None and (not found or isinstance(node, dict)):
+        chosen = choices(job).get(key)
+        if chosen is not None:
+            return chosen
+    if not found:
+        return None
     return node if isinstance(node, str) else json.dumps(node)
 
 
