@@ -370,6 +370,11 @@ def test_job_claimed_again_with_an_earlier_metrics_json_is_incomplete(tmp_path: 
     md = table.to_markdown()
     assert "- `0` (incomplete): incomplete: status 'stopped' (metrics.json is from an earlier completion " \
            "at step 2)" in md
+    # only the stopped job: its old metrics are not offered either
+    with pytest.raises(KeyError) as info:
+        collect(tmp_path / "0", metrics=["psnr"])
+    assert info.value.args[0] == ("metric(s) ['psnr'] not found in any metrics.json; available: [] "
+                                  "(1 of 1 jobs failed or incomplete: their metrics are not read)")
 
 
 def _sweep_with_reconstructions(root: Path) -> None:

@@ -239,7 +239,9 @@ def collect(
         chosen = list(metrics)
         unknown = [m for m in chosen if m not in found]
         if unknown:
-            raise KeyError(f"metric(s) {unknown} not found in any metrics.json; available: {found}")
+            failed = sum(1 for j in jobs if j.status != "ok")
+            note = f" ({failed} of {len(jobs)} jobs failed or incomplete: their metrics are not read)" if failed else ""
+            raise KeyError(f"metric(s) {unknown} not found in any metrics.json; available: {found}{note}")
 
     read_choices: dict[str, dict[str, str]] = {}
 
