@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import torch
 
+from ..utils.files import atomic_write
+
 #: Leading columns of ``metrics.csv``; metric columns follow in sorted order.
 CSV_LEAD = ("step", "split", "time_s")
 
@@ -32,8 +34,11 @@ def progress_bar(*, total: int, desc: str, unit: str, enabled: bool, initial: in
 class MetricsCSV:
     """Appends one row per evaluation to ``metrics.csv``.
 
-    The header is fixed by the first row written (or read from an existing file, when a
-    run resumes); later keys not in the header are dropped, missing ones left empty.
+    Columns: :data:`CSV_LEAD`, then the metric names in sorted order. A row that brings a
+    metric the header lacks (``lipschitz`` first estimated after the first validation, a
+    file started by a version with fewer metrics) widens the header: the file is
+    rewritten atomically (:func:`~eqdeq_cli.utils.files.atomic_write`) with the new
+    column, empty in the earlier rows. A metric missing from a row is an empty cell.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -45,14 +50,28 @@ class MetricsCSV:
 
     def append(self, step: int, split: str, time_s: float, metrics: Mapping[str, float]) -> None:
         row: dict[str, Any] = {"step": step, "split": split, "time_s": round(time_s, 3), **metrics}
-        new = self._fields is None
-        if new:
-            self._fields = list(CSV_LEAD) + sorted(k for k in metrics if k not in CSV_LEAD)
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        if self._fields is None:
+            self._fields = _csv_columns(row)
+            self._rewrite([row])
+        elif not set(row) <= set(self._fields):
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            self._fields = _csv_columns({**dict.fromkeys(self._fields), **row})
+            self._rewrite([*rows, row])
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._fields).writerow(row)
+
+    def _rewrite(self, rows: list[Mapping[str, Any]]) -> None:
+        with atomic_write(self.path, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _csv_columns(keys: Mapping[str, Any]) -> list[str]:
+    """:data:`CSV_LEAD`, then every other key of ``keys`` in sorted order."""
+    return list(CSV_LEAD) + sorted(k for k in keys if k not in CSV_LEAD)
 
 
 class TensorBoard:

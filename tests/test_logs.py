@@ -1,0 +1,31 @@
+"""``metrics.csv``: one row per evaluation, and a header that grows with the metrics."""
+from __future__ import annotations
+
+import csv
+
+from conftest import TINY
+from eqdeq_cli.engine.logs import MetricsCSV
+from eqdeq_cli.runs import train as run
+
+
+def test_a_row_with_a_new_metric_widens_the_header_and_keeps_earlier_rows(tmp_path):
+    path = tmp_path / "metrics.csv"
+    MetricsCSV(path).append(1, "val", 0.5, {"psnr": 20.0})
+    log = MetricsCSV(path)  # a resumed run reads the header back
+    log.append(2, "val", 1.25, {"psnr": 21.0, "lipschitz": 0.9})
+    log.append(3, "test", 2.0, {"psnr": 22.0})
+    assert path.read_text().splitlines() == [
+        "step,split,time_s,lipschitz,psnr",
+        "1,val,0.5,,20.0",
+        "2,val,1.25,0.9,21.0",
+        "3,test,2.0,,22.0",
+    ]
+
+
+def test_lipschitz_estimated_after_the_first_validation_reaches_the_test_row(compose_cfg, tmp_path):
+    """Validation at step 1, first contraction estimate at step 2: the test row has it."""
+    overrides = [*TINY, "trainer.max_steps=2", "trainer.eval_every=1", "trainer.contraction_every=2"]
+    run.train(compose_cfg(overrides), run_dir=tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv", newline="")))
+    assert [r["split"] for r in rows] == ["val", "val", "test"]
+    assert rows[0]["lipschitz"] == "" and float(rows[-1]["lipschitz"]) > 0
