@@ -12,10 +12,15 @@ failure policy, written once:
   job's ``status.json`` (when the command records one), and the sweep goes on (failures
   are reported at its end by :class:`~eqdeq_cli.sweeps.callback.SweepFailureReport`).
 
-A command that records a status (train, eval) first holds its run directory
+A command that records a status (train, eval) refuses a directory holding a run of
+another command (:func:`refuse_run_of_another_command`: ``eqdeq eval
+hydra.run.dir=<training run>``), then holds its run directory
 (:func:`~eqdeq_cli.runs.directory.hold_run_dir`; refused: one line, exit 1, nothing
 written), then claims it (:meth:`Job.claim`): writes ``.hydra/`` there
-(:func:`save_hydra_files`) and ``status.json`` ``running``. A command that may continue a
+(:func:`save_hydra_files`) and ``status.json`` ``running``. A command that runs another
+config than its composed one (eval runs the checkpoint's) writes that one as
+``.hydra/config.yaml`` (:meth:`Job.record_config`) and its composed one as
+``.hydra/command.yaml``. A command that may continue a
 run already in the directory (train) claims such a directory only once it has accepted it
 (same experiment, readable checkpoint); until then nothing of that run is rewritten, so a
 refused or failed attempt leaves its ``.hydra/`` and ``status.json`` (``completed``,
@@ -40,11 +45,47 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .. import CONFIG_DIR
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
 #: Where a job's composed config, Hydra config and overrides go (Hydra's default name).
 HYDRA_SUBDIR = ".hydra"
+#: The config a job ran with, in :data:`HYDRA_SUBDIR` (what ``eqdeq collect`` reads).
+CONFIG_FILE = "config.yaml"
+#: The composed command config of a job that runs another one (eval: the checkpoint's config).
+COMMAND_CONFIG = "command.yaml"
+#: A directory holding this folder and no ``status.json`` (a run of an older version) holds a training run.
+CHECKPOINTS = "checkpoints"
+
+
+class RunOfAnotherCommand(UserError):
+    """The run directory holds a run of another command (``eqdeq eval`` into a training run's)."""
+
+
+def held_task(run_dir: Path) -> str | None:
+    """The command whose run ``run_dir`` holds: the ``task`` of its ``status.json``, else
+    ``train`` when it has ``checkpoints/``; ``None`` for a directory holding neither."""
+    from ..runs.status import read_status
+
+    status = read_status(run_dir)
+    if isinstance(status, dict) and status.get("task"):
+        return str(status["task"])
+    return "train" if (run_dir / CHECKPOINTS).is_dir() else None
+
+
+def refuse_run_of_another_command(job: "Job") -> None:
+    """Raises :class:`RunOfAnotherCommand` (nothing written) when ``job.run_dir`` holds a run of
+    another command, whose results (``metrics.json``, ``.hydra/``, images) the job would replace.
+    The message names the directory, both commands and where ``eqdeq <task>`` writes by default."""
+    held = held_task(job.run_dir)
+    if held is None or held == job.task:
+        return
+    key, default = (("hydra.sweep.dir", f"outputs/{job.task}/multirun/<date>_<time>") if job.multirun
+                    else ("hydra.run.dir", f"outputs/{job.task}/<date>_<time>"))
+    raise RunOfAnotherCommand(f"{job.run_dir} holds an eqdeq {held} run, whose results eqdeq {job.task} would "
+                              f"overwrite: leave {key} out (eqdeq {job.task} writes to {default} by default) or "
+                              "choose a new directory")
 
 
 @dataclass
@@ -66,6 +107,9 @@ class Job:
     cfg: Any = None
     #: Whether this job writes the directory's ``.hydra/`` and ``status.json`` (see :meth:`claim`).
     claimed: bool = False
+    #: The body runs a config of its own (eval: the checkpoint's), written by :meth:`record_config`;
+    #: the composed command config then goes to ``.hydra/command.yaml``.
+    runs_saved_config: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -81,8 +125,21 @@ class Job:
             return
         self.claimed = True
         if self.record_status and self.is_main:
-            save_hydra_files(self.cfg, self.run_dir)
+            save_hydra_files(self.cfg, self.run_dir,
+                             config_file=COMMAND_CONFIG if self.runs_saved_config else CONFIG_FILE)
         self.record("running")
+
+    def record_config(self, run_cfg: DictConfig) -> None:
+        """Write ``run_cfg``, the config the job runs, as ``.hydra/config.yaml`` (rank 0, once
+        claimed), where ``eqdeq collect`` reads a job's settings; for a command whose composed
+        config is not the one that runs (``runs_saved_config``)."""
+        if self.record_status and self.is_main and self.claimed:
+            from omegaconf import OmegaConf
+
+            from ..utils.files import atomic_write
+
+            with atomic_write(self.run_dir / HYDRA_SUBDIR / CONFIG_FILE, encoding="utf-8") as fh:
+                fh.write(OmegaConf.to_yaml(run_cfg))
 
     def record(self, status: str, **fields: Any) -> None:
         """Write ``status.json`` (rank 0, for commands that own their run directory, once claimed)."""
@@ -92,7 +149,8 @@ class Job:
             write_status(self.run_dir, status, task=self.task, overrides=self.overrides, **fields)
 
 
-def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim_in_body: bool = False
+def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim_in_body: bool = False,
+               runs_saved_config: bool = False
                ) -> Callable[[Callable[[DictConfig, Job], Any]], Callable[[DictConfig], Any]]:
     """Decorate ``body(cfg, job)`` into a Hydra task function with the failure policy.
 
@@ -101,7 +159,12 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim
     (:func:`~eqdeq_cli.runs.processes.start_processes`) and leave it at the end.
     ``claim_in_body``: in a directory that already holds a run
     (:func:`~eqdeq_cli.runs.directory.holds_run`), the body calls ``job.claim()`` once it has
-    accepted it; a fresh directory is claimed before the body runs.
+    accepted it; a fresh directory is claimed before the body runs. ``runs_saved_config``:
+    the body runs another config than the composed one (eval: the checkpoint's) and writes it
+    with ``job.record_config``; the composed one is kept as ``.hydra/command.yaml``.
+
+    A command that records a status refuses, before writing anything there, a directory
+    holding a run of another command (:func:`refuse_run_of_another_command`).
     """
 
     def wrap(body: Callable[[DictConfig, Job], Any]) -> Callable[[DictConfig], Any]:
@@ -116,13 +179,15 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim
             hc = HydraConfig.get()
             job = Job(run_dir=Path(hc.runtime.output_dir), overrides=list(hc.overrides.task),
                       multirun=hc.mode == RunMode.MULTIRUN, task=str(cfg.get("task", hc.job.name)),
-                      record_status=record_status, cfg=cfg)
+                      record_status=record_status, cfg=cfg, runs_saved_config=runs_saved_config)
             clean = False
             try:
                 if join_processes:
                     from ..runs.processes import start_processes
 
                     job.dist, job.run_dir = start_processes(cfg, job.run_dir)
+                if record_status:
+                    refuse_run_of_another_command(job)
                 if record_status and job.is_main:
                     job.lock = hold_run_dir(job.run_dir)  # refused: another run's files stay untouched
                 if not (claim_in_body and holds_run(job.run_dir)):
@@ -161,8 +226,9 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim
     return wrap
 
 
-def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
-    """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` as Hydra would.
+def save_hydra_files(cfg: DictConfig, run_dir: Path, config_file: str = CONFIG_FILE) -> None:
+    """Write ``.hydra/config.yaml`` (the composed config; ``config_file`` names it otherwise),
+    ``hydra.yaml`` and ``overrides.yaml`` as Hydra would.
 
     ``hydra.output_subdir`` is null in ``configs/hydra/default.yaml`` for the commands that
     lock their run directory: Hydra writes these files before any of our code runs, so it
@@ -178,7 +244,7 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
         hydra_cfg.hydra.output_subdir = HYDRA_SUBDIR
     out = run_dir / HYDRA_SUBDIR
     out.mkdir(parents=True, exist_ok=True)
-    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
+    for name, node in ((config_file, cfg), ("hydra.yaml", hydra_cfg),
                        ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
         (out / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
@@ -195,7 +261,6 @@ class WritableRunDirectory(Callback):
 
     @staticmethod
     def _check(path: str, key: str) -> None:
-        from ..errors import UserError
         from ..runs.directory import check_writable
 
         try:
