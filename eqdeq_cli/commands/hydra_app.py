@@ -8,9 +8,13 @@ failure policy, written once:
 
 * a user error (bad value, missing file, size mismatch, missing checkpoint) is logged as
   one line on stderr, its traceback goes to the run's log file only, exit code 1;
-* in a multirun, any failure of a job is logged with its traceback, recorded in the
-  job's ``status.json`` (when the command records one), and the sweep goes on (failures
-  are reported at its end by :class:`~eqdeq_cli.sweeps.callback.SweepFailureReport`).
+* in a multirun, a failed job is logged (a user error as one line on the console, its
+  traceback in the job's log file; any other error with its traceback), recorded in the
+  job's ``status.json`` (when the command records one and has claimed the directory) and
+  in memory (:func:`~eqdeq_cli.sweeps.callback.record_failure`), and the sweep goes on;
+  :class:`~eqdeq_cli.sweeps.callback.SweepFailureReport` lists the failures at its end and
+  exits 1. A job refused because its directory holds a job with other overrides gets a
+  sentence on the cause (:func:`other_sweep_hint`).
 
 A command that records a status (train, eval) refuses a directory holding a run of
 another command (:func:`refuse_run_of_another_command`: ``eqdeq eval
@@ -86,6 +90,27 @@ def refuse_run_of_another_command(job: "Job") -> None:
     raise RunOfAnotherCommand(f"{job.run_dir} holds an eqdeq {held} run, whose results eqdeq {job.task} would "
                               f"overwrite: leave {key} out (eqdeq {job.task} writes to {default} by default) or "
                               "choose a new directory")
+
+
+def other_sweep_hint(job: "Job") -> str:
+    """In a multirun, the sentence added to a refusal of a job directory that holds a job with
+    other overrides: job directories are numbered from 0 in every sweep, so a second sweep into
+    the same ``hydra.sweep.dir`` lands on the first one's jobs. ``""`` when the held job has the
+    same overrides (then the refusal's own advice holds) or outside a multirun."""
+    import yaml
+
+    if not job.multirun:
+        return ""
+    held = None
+    try:
+        held = yaml.safe_load((job.run_dir / HYDRA_SUBDIR / "overrides.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        pass
+    if isinstance(held, list) and sorted(map(str, held)) == sorted(job.overrides):
+        return ""
+    which = f" ({' '.join(map(str, held))})" if isinstance(held, list) and held else ""
+    return (f". {job.run_dir} holds another job{which} of an earlier sweep: use a new hydra.sweep.dir, or "
+            "hydra.sweep.subdir='${hydra.job.override_dirname}' to name job directories by their overrides")
 
 
 @dataclass
@@ -200,10 +225,22 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim
                           "checkpoint written in %s", job.run_dir)
                 raise SystemExit(130) from None
             except Exception as exc:
+                from ..runs.resume import ResumeRefused
+                from ..sweeps.callback import record_failure
+
                 message = user_error_message(exc)
-                job.record("failed", error=message or f"{type(exc).__name__}: {exc}", elapsed_s=job.elapsed())
+                if message is not None and isinstance(exc, (ResumeRefused, RunOfAnotherCommand)):
+                    message += other_sweep_hint(job)
+                error = message or f"{type(exc).__name__}: {exc}"
+                job.record("failed", error=error, elapsed_s=job.elapsed())
                 if job.multirun:
-                    log.error("job %s failed: %s", job.run_dir, message or repr(exc), exc_info=True)
+                    if job.is_main:  # also when the directory was refused: nothing recorded there
+                        record_failure(job.run_dir, error)
+                    if message is None:  # a bug: its traceback on the console too
+                        log.error("job %s failed: %r", job.run_dir, exc, exc_info=True)
+                    else:  # the user's to fix: one line on the console, the traceback in the log file
+                        log.error("job %s failed: %s", job.run_dir, message, exc_info=True, extra={"file_only": True})
+                        log.error("job %s failed: %s", job.run_dir, message, extra={"console_only": True})
                     return None
                 if message is not None:
                     log.error("%s", message, exc_info=True, extra={"file_only": True})

@@ -1,0 +1,55 @@
+"""A sweep whose jobs are refused before they claim their directories still fails, and says why."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import TINY
+from eqdeq_cli.commands.hydra_app import Job, other_sweep_hint
+
+
+def _eqdeq(args, cache_dir, cwd):
+    exe = Path(sys.executable).parent / "eqdeq"
+    exe = str(exe) if exe.exists() else shutil.which("eqdeq") or "eqdeq"
+    env = {**os.environ, "EQDEQ_CACHE_DIR": str(cache_dir)}
+    return subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_second_sweep_into_the_same_directory_fails_with_the_list_of_refused_jobs(cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    first = _eqdeq(["train", "-m", *TINY, "seed=0", f"hydra.sweep.dir={sweep}"], cache_dir, tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = {name: (sweep / "0" / name).read_bytes() for name in ("status.json", "metrics.json", ".hydra/config.yaml")}
+
+    second = _eqdeq(["train", "-m", *TINY, "seed=1", f"hydra.sweep.dir={sweep}"], cache_dir, tmp_path)
+    out = second.stdout + second.stderr
+    assert second.returncode == 1
+    assert "1 job(s) of the sweep failed:" in out
+    job = sweep / "0"
+    held = " ".join(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))  # as the sweep wrote them
+    assert held.endswith(" seed=0")
+    hint = (f". {job} holds another job ({held}) of an earlier sweep: use a new hydra.sweep.dir, "
+            "or hydra.sweep.subdir='${hydra.job.override_dirname}' to name job directories by their overrides")
+    assert f"  {job}: cannot resume {job}/checkpoints/last.pt: it was trained with other settings" in out
+    assert out.count(hint) == 2  # the job's error line and the failure list
+    assert "Traceback" not in second.stderr
+    assert {name: (job / name).read_bytes() for name in before} == before
+
+
+def _job(run_dir: Path, overrides: list[str], multirun: bool = True) -> Job:
+    return Job(run_dir=run_dir, overrides=overrides, multirun=multirun, task="train", record_status=True)
+
+
+def test_the_other_sweep_sentence_only_when_the_held_job_has_other_overrides(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- seed=0\n- data=tiny\n")
+    assert other_sweep_hint(_job(tmp_path, ["data=tiny", "seed=0"])) == ""  # the same job: a default changed
+    assert other_sweep_hint(_job(tmp_path, ["data=tiny", "seed=1"], multirun=False)) == ""
+    assert other_sweep_hint(_job(tmp_path, ["data=tiny", "seed=1"])) == (
+        f". {tmp_path} holds another job (seed=0 data=tiny) of an earlier sweep: use a new hydra.sweep.dir, or "
+        "hydra.sweep.subdir='${hydra.job.override_dirname}' to name job directories by their overrides")
