@@ -13,7 +13,7 @@ failure policy, written once:
   job's ``status.json`` (when the command records one and has claimed the directory) and
   in memory (:func:`~eqdeq_cli.sweeps.callback.record_failure`), and the sweep goes on;
   :class:`~eqdeq_cli.sweeps.callback.SweepFailureReport` lists the failures at its end and
-  exits 1. A job refused because its directory holds a job with other overrides gets a
+  exits 1. A job refused to continue a job with other overrides in its directory gets a
   sentence on the cause (:func:`other_sweep_hint`).
 
 A command that records a status (train, eval) refuses a directory holding a run of
@@ -229,7 +229,7 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim
                 from ..sweeps.callback import record_failure
 
                 message = user_error_message(exc)
-                if message is not None and isinstance(exc, (ResumeRefused, RunOfAnotherCommand)):
+                if message is not None and isinstance(exc, ResumeRefused):
                     message += other_sweep_hint(job)
                 error = message or f"{type(exc).__name__}: {exc}"
                 job.record("failed", error=error, elapsed_s=job.elapsed())
