@@ -8,6 +8,9 @@ training step. The multiplier of the base learning rate at step ``t`` is
 * ``warmup_cosine``: :math:`t/w` for :math:`t < w`, then
   :math:`r + (1 - r)\,\tfrac12\big(1 + \cos(\pi\,\tfrac{t - w}{N - w})\big)` with
   :math:`r` = ``min_lr_ratio``.
+
+The horizon :math:`N` is the run's current ``trainer.max_steps``: a run resumed with another
+``max_steps`` follows the cosine of the new horizon from its step on (:func:`follow_horizon`).
 """
 from __future__ import annotations
 
@@ -64,3 +67,30 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, *, max_steps: int, warmup_st
     check_int("warmup_steps", warmup_steps, 0)
     check_real("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0, low_inclusive=True)
     return LambdaLR(optimizer, _WarmupCosine(warmup_steps, max_steps, min_lr_ratio))
+
+
+def follow_horizon(scheduler: LambdaLR, max_steps: int) -> tuple[int, float, float] | None:
+    """Make a schedule loaded from a checkpoint end at ``max_steps``.
+
+    ``LambdaLR.load_state_dict`` restores the multipliers' attributes, so a warm-up + cosine
+    schedule keeps the horizon of the run that wrote the checkpoint. Here every multiplier
+    with a ``max_steps`` is set to the new horizon, and the optimizer's current learning rate
+    (that of the next step, ``scheduler.last_epoch``) to the new schedule's value there: from
+    the resume step on, the learning rates are those of a run started with ``max_steps``.
+
+    Returns ``(old horizon, old lr, new lr)`` (learning rates of the first parameter group)
+    when the horizon changed; ``None``, with nothing touched, when it did not or the schedule
+    has none (``constant``), so a resume with the same ``max_steps`` stays bit-identical."""
+    lambdas = list(getattr(scheduler, "lr_lambdas", []))
+    old = next((f.max_steps for f in lambdas if getattr(f, "max_steps", max_steps) != max_steps), None)
+    if old is None:
+        return None
+    for f in lambdas:
+        if hasattr(f, "max_steps"):
+            f.max_steps = max_steps
+    groups = scheduler.optimizer.param_groups
+    before = float(groups[0]["lr"])
+    for group, base, f in zip(groups, scheduler.base_lrs, lambdas):
+        group["lr"] = base * f(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() returns
+    return int(old), before, float(groups[0]["lr"])

@@ -39,6 +39,7 @@ from .metrics import PSNR_CAP_DB, compared_images, psnr
 from .optim_config import build_optimizer, build_scheduler
 from .rng import capture_rng_state, data_order, restore_rng_state
 from .settings import EvalSettings, TrainerSettings
+from .schedules import follow_horizon
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +151,22 @@ class Trainer:
         }
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
+        """Continue from a checkpoint's state (:meth:`state_dict`). The LR schedule then ends at this
+        run's ``trainer.max_steps``, not the checkpoint's (:func:`~.schedules.follow_horizon`), with
+        one log line when that horizon changed.
+
+        Raises:
+            ValueError: the model's parameter shapes differ from the checkpoint's."""
         load_model_state(self.deq, payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.step = int(payload["step"])
+        changed = follow_horizon(self.scheduler, self.settings.max_steps)
+        if changed is not None:
+            old, before, after = changed
+            log.info("LR schedule horizon %d -> %d steps: trainer.max_steps changed since the checkpoint, so the "
+                     "schedule follows the new horizon from step %d on (LR %.4g, was %.4g)",
+                     old, self.settings.max_steps, self.step, after, before)
         restore_rng_state(payload["rng"], {"loss": self.loss_generator})
         self.best = dict(payload.get("best", self.best))
         self.bad_steps = int(payload.get("bad_steps", 0))

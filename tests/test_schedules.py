@@ -1,0 +1,100 @@
+"""Learning-rate schedules: the documented multipliers, and the horizon a resumed run follows."""
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from conftest import TINY
+from eqdeq_cli.engine.schedules import constant, follow_horizon, warmup_cosine
+from eqdeq_cli.runs import train as run
+
+
+def _cosine(t: int, warmup: int, horizon: int, floor: float) -> float:
+    """The multiplier of the module docstring, written out."""
+    if t < warmup:
+        return (t + 1) / warmup
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / (horizon - warmup))))
+
+
+def _stepped(schedule, steps: int, **options):
+    """An SGD optimizer on one parameter (base LR 1) and its schedule after ``steps`` steps."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = schedule(opt, **options)
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+    return opt, sched
+
+
+def _lrs(opt, sched, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_warmup_cosine_gives_the_documented_multipliers():
+    opt, sched = _stepped(warmup_cosine, 0, max_steps=8, warmup_steps=2, min_lr_ratio=0.1)
+    assert _lrs(opt, sched, 10) == pytest.approx([_cosine(t, 2, 8, 0.1) for t in range(10)], abs=1e-12)
+
+
+def test_a_loaded_schedule_follows_the_new_horizon_from_its_step_on():
+    old_opt, old = _stepped(warmup_cosine, 4, max_steps=4, warmup_steps=1, min_lr_ratio=0.1)
+    opt, sched = _stepped(warmup_cosine, 0, max_steps=8, warmup_steps=1, min_lr_ratio=0.1)
+    opt.load_state_dict(old_opt.state_dict())
+    sched.load_state_dict(old.state_dict())
+    assert sched.lr_lambdas[0].max_steps == 4  # what load_state_dict restores: the old horizon
+    assert follow_horizon(sched, 8) == (4, pytest.approx(0.1), pytest.approx(_cosine(4, 1, 8, 0.1)))
+    assert sched.get_last_lr() == [opt.param_groups[0]["lr"]]
+    resumed = _lrs(opt, sched, 4)
+    assert resumed == pytest.approx([_cosine(t, 1, 8, 0.1) for t in range(4, 8)], abs=1e-12)
+    fresh_opt, fresh = _stepped(warmup_cosine, 4, max_steps=8, warmup_steps=1, min_lr_ratio=0.1)
+    assert resumed == _lrs(fresh_opt, fresh, 4)  # the same floats as a run started with 8 steps
+
+
+def test_an_unchanged_horizon_or_a_constant_schedule_is_left_untouched():
+    opt, sched = _stepped(warmup_cosine, 3, max_steps=8, warmup_steps=0, min_lr_ratio=0.1)
+    lr = opt.param_groups[0]["lr"]
+    assert follow_horizon(sched, 8) is None and opt.param_groups[0]["lr"] == lr
+    opt, sched = _stepped(constant, 3, max_steps=8, warmup_steps=5)
+    assert follow_horizon(sched, 20) is None and opt.param_groups[0]["lr"] == pytest.approx(4 / 5)
+
+
+class _RecordLR:
+    """The learning rate of each next step, keyed by the step's index (``trainer.step``)."""
+
+    def __init__(self) -> None:
+        self.lr: dict[int, float] = {}
+
+    def __call__(self, trainer) -> None:
+        self.lr[trainer.step] = trainer.optimizer.param_groups[0]["lr"]
+
+
+def test_train_further_follows_the_cosine_of_the_new_max_steps(compose_cfg, tmp_path, caplog):
+    base = [*TINY, "trainer.checkpoint_every=1"]  # warm-up 0, min_lr_ratio 0.1, lr 0.002
+    run.train(compose_cfg([*base, "trainer.max_steps=4"]), run_dir=tmp_path / "further")
+    further = _RecordLR()
+    with caplog.at_level(logging.INFO, logger="eqdeq_cli"):
+        run.train(compose_cfg([*base, "trainer.max_steps=8"]), run_dir=tmp_path / "further", callbacks=[further])
+    fresh = _RecordLR()
+    run.train(compose_cfg([*base, "trainer.max_steps=8"]), run_dir=tmp_path / "fresh", callbacks=[fresh])
+    assert [further.lr[t] for t in range(5, 8)] == [fresh.lr[t] for t in range(5, 8)]
+    assert [fresh.lr[t] for t in range(5, 8)] == pytest.approx([0.002 * _cosine(t, 0, 8, 0.1) for t in range(5, 8)])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LR schedule horizon")]
+    assert lines == [f"LR schedule horizon 4 -> 8 steps: trainer.max_steps changed since the checkpoint, so the "
+                     f"schedule follows the new horizon from step 4 on (LR {fresh.lr[4]:.4g}, was 0.0002)"]
+
+
+def test_a_resume_with_the_same_max_steps_logs_no_horizon_change(compose_cfg, tmp_path, caplog):
+    from conftest import StopAt
+
+    command = compose_cfg([*TINY, "trainer.max_steps=4", "trainer.checkpoint_every=1"])
+    assert run.train(command, run_dir=tmp_path, callbacks=[StopAt(2)])["status"] == "stopped"
+    with caplog.at_level(logging.INFO, logger="eqdeq_cli"):
+        assert run.train(command, run_dir=tmp_path)["steps"] == 4
+    assert "resumed from" in caplog.text and "LR schedule horizon" not in caplog.text
