@@ -6,7 +6,10 @@
   be read (truncated by a full disk or a copy cut short), the readable checkpoint of the
   directory with the most steps (``best.pt``, which may be older) is used instead, with a
   warning naming the bad file; the run then retrains the steps in between, exactly as it
-  trained them the first time. No checkpoint: a new run.
+  trained them the first time. No checkpoint: a new run; but a directory holding a finished
+  run's results without its checkpoints (``checkpoints/`` removed to save disk) is trained
+  again only for the same experiment, with a warning, and refused for any other
+  (:func:`check_rerun_without_checkpoint`), so that results are never replaced unnoticed.
 * ``never``: a new run; refused in a directory that already holds one.
 * a path (a ``.pt`` file or a run directory): where a *new* run starts. Once the run
   directory has a checkpoint of its own, that one wins, so rerunning the same command (a
@@ -28,6 +31,7 @@ from typing import Any, Mapping
 from ..engine.checkpoint import load_checkpoint, resolve_checkpoint_path
 from ..errors import CheckpointError, UserError
 from ..physics.base import resolve_preconditioner
+from .status import read_status
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +81,16 @@ def check_resume_value(resume: str) -> None:
         raise ValueError(f"resume={resume!r}: use auto, never, or the path of a checkpoint or run directory")
 
 
-def resume_checkpoint(resume: str, run_dir: Path, device: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
+def resume_checkpoint(resume: str, run_dir: Path, device: Any = "cpu", config: Mapping[str, Any] | None = None
+                      ) -> tuple[Path, dict[str, Any]] | None:
     """``(path, payload)`` of the checkpoint a run in ``run_dir`` continues from, or ``None`` for a new run.
 
-    See the module docstring for the rules. Raises :class:`ResumeRefused` for ``resume=never``
-    in a directory holding a run, and :class:`~eqdeq_cli.errors.CheckpointError` when the run
-    directory has checkpoints but none can be read, or the path cannot be read.
+    See the module docstring for the rules. ``config``: the new run's (resolved); when given
+    and ``run_dir`` has no checkpoint of its own, a finished run's results there are checked
+    with :func:`check_rerun_without_checkpoint`. Raises :class:`ResumeRefused` for
+    ``resume=never`` in a directory holding a run or a refused rerun, and
+    :class:`~eqdeq_cli.errors.CheckpointError` when the run directory has checkpoints but
+    none can be read, or the path cannot be read.
     """
     if resume == "never":
         held = [name for name in RUN_FILES if (run_dir / name).is_file()]
@@ -91,6 +99,8 @@ def resume_checkpoint(resume: str, run_dir: Path, device: Any = "cpu") -> tuple[
                                 "hydra.run.dir for a new run, or resume=auto to continue this one")
         return None
     own = own_checkpoint(run_dir, device)
+    if own is None and config is not None:
+        check_rerun_without_checkpoint(run_dir, config, start="step 0" if resume == "auto" else resume)
     if own is not None or resume == "auto":
         if own is not None and resume != "auto":
             log.info("resume=%s is where this run started; it has its own checkpoint now: continuing from %s",
@@ -130,6 +140,61 @@ def own_checkpoint(run_dir: Path, device: Any = "cpu") -> tuple[Path, dict[str, 
     log.warning("%s: resuming from %s (step %d) instead, the newest readable checkpoint; the damaged file is "
                 "replaced at the next checkpoint", problem, path, int(payload["step"]))
     return path, payload
+
+
+#: ``status.json`` values of a run that has ended (its results may be all that is left of it).
+ENDED = ("completed", "stopped")
+SAVED_CONFIG = ".hydra/config.yaml"
+
+
+def finished_results(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` shows a run that has ended: ``metrics.json``, and ``status.json`` when
+    it says ``completed`` or ``stopped`` (``[]``: none; a failed or running status alone is no
+    result to keep)."""
+    held = ["metrics.json"] if (run_dir / "metrics.json").is_file() else []
+    status = read_status(run_dir)
+    if isinstance(status, dict) and status.get("status") in ENDED:
+        held.append(f"status.json '{status['status']}'")
+    return held
+
+
+def check_rerun_without_checkpoint(run_dir: Path, config: Mapping[str, Any], start: str = "step 0") -> None:
+    """A new run in ``run_dir``, which has no checkpoint, would replace a finished run's results there.
+
+    Nothing happens when ``run_dir`` holds none (:func:`finished_results`). Otherwise
+    ``config`` (the new run's, resolved) is compared with the finished run's
+    ``.hydra/config.yaml`` as a checkpoint's config is (:func:`check_same_experiment`).
+    The same experiment is trained again, with a warning that its results will be replaced
+    (``start``: where it starts, ``step 0`` or the ``resume`` path). Another experiment, or a
+    saved config that is missing or cannot be read, raises :class:`ResumeRefused` naming the
+    directory, the differing keys (at most 6) and what to do. Nothing in ``run_dir`` is
+    written here.
+    """
+    held = finished_results(run_dir)
+    if not held:
+        return
+    where = f"{run_dir} holds a finished run ({', '.join(held)}) whose checkpoints were removed"
+    todo = (f"to keep its results, choose another hydra.run.dir for this run, or move them out of {run_dir} "
+            "first")
+    saved_file = run_dir / SAVED_CONFIG
+    if not saved_file.is_file():
+        raise ResumeRefused(f"{where}, and no {SAVED_CONFIG} to tell whether it is this experiment: {todo}")
+    try:
+        from omegaconf import OmegaConf
+
+        saved = OmegaConf.to_container(OmegaConf.load(saved_file), resolve=True)
+    except Exception as exc:  # YAML or interpolation errors: the comparison cannot be made
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ResumeRefused(f"{where}, and its {saved_file} cannot be read ({reason}): {todo}") from exc
+    found = _differences(resolve_auto(saved), resolve_auto(config))
+    if found:
+        diffs = [_describe(d) for d in found]
+        more = f" and {len(diffs) - 6} more" if len(diffs) > 6 else ""
+        raise ResumeRefused(f"{where}, of another experiment ({SAVED_CONFIG} → now: {'; '.join(diffs[:6])}{more}): "
+                            f"{todo}")
+    replaced = "metrics.json" if "metrics.json" in held else "status.json"
+    log.warning("no checkpoint in %s: training this experiment there again from %s; its %s will be replaced",
+                run_dir, start, replaced)
 
 
 def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], source: Path, resume: str) -> None:

@@ -37,9 +37,11 @@ def _read_resume_checkpoint(cfg: DictConfig, run_dir: Path, config: dict[str, An
 
     Its saved config is not built (``cfg`` is), but it is held to the same trust as in ``eqdeq
     eval`` before anything is built (a checkpoint naming foreign code is refused whatever it is
-    used for), and it must be the same experiment as ``config``.
+    used for), and it must be the same experiment as ``config``. Without a checkpoint of its
+    own, ``run_dir`` holding a finished run's results is trained again only for the same
+    experiment (:func:`~eqdeq_cli.runs.resume.check_rerun_without_checkpoint`).
     """
-    found = resume_checkpoint(str(cfg.resume), run_dir, device)
+    found = resume_checkpoint(str(cfg.resume), run_dir, device, config=config)
     if found is None:
         return None
     source, checkpoint = found
