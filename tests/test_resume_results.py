@@ -1,5 +1,5 @@
 """A finished run's results are never replaced unnoticed: a rerun into a directory whose
-checkpoints were removed."""
+checkpoints were removed, and a resume that would shorten a run."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import pytest
 
 from conftest import TINY
 from eqdeq_cli import cli
+from eqdeq_cli.runs import train as run
 from eqdeq_cli.runs.resume import ResumeRefused, check_rerun_without_checkpoint, finished_results
 from eqdeq_cli.runs.status import write_status
 
@@ -110,3 +111,28 @@ def test_a_stopped_run_without_checkpoints_is_retrained_only_as_the_same_experim
                                "its status.json will be replaced"]
     with pytest.raises(ResumeRefused, match=r"\(\.hydra/config\.yaml → now: seed: 0 → 1\)"):
         check_rerun_without_checkpoint(tmp_path, {"seed": 1, "trainer": {"max_steps": 4}})
+
+
+# -- trainer.max_steps below the checkpoint's step ----------------------------------------------------
+def test_a_resume_that_would_shorten_the_run_is_refused(compose_cfg, tmp_path):
+    run.train(compose_cfg([*RUN, "trainer.max_steps=4"]), run_dir=tmp_path)
+    before = _files(tmp_path)
+    with pytest.raises(ResumeRefused) as err:
+        run.train(compose_cfg([*RUN, "trainer.max_steps=3"]), run_dir=tmp_path)
+    assert str(err.value) == (
+        f"cannot resume {tmp_path / 'checkpoints' / 'last.pt'}: it has trained 4 steps, and trainer.max_steps=3 "
+        "cannot shorten it: set trainer.max_steps=4 or more to continue it, evaluate it with eqdeq eval, or choose "
+        "another hydra.run.dir for a shorter run")
+    assert _files(tmp_path) == before
+    assert run.train(compose_cfg([*RUN, "trainer.max_steps=4"]), run_dir=tmp_path)["steps"] == 4  # a requeue
+
+
+def test_a_shortening_resume_is_one_line_and_exit_1(tmp_path, cache_dir, capfd):
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", *RUN, "trainer.max_steps=4", f"hydra.run.dir={run_dir}"]) == 0
+    before = _files(run_dir)
+    capfd.readouterr()
+    assert cli.main(["train", *RUN, f"hydra.run.dir={run_dir}"]) == 1
+    lines = _error_lines(capfd.readouterr().err)
+    assert len(lines) == 1 and "it has trained 4 steps, and trainer.max_steps=2 cannot shorten it" in lines[0]
+    assert _files(run_dir) == before

@@ -17,7 +17,9 @@
 
 A checkpoint is resumed only if it belongs to the same experiment
 (:func:`check_same_experiment`): every config key but :data:`RESUMABLE_KEYS` must be as it
-was saved in the checkpoint.
+was saved in the checkpoint. A run never resumes with ``trainer.max_steps`` below its
+checkpoint's step (:func:`check_run_length`): that would report a model of more steps than
+its config says.
 """
 from __future__ import annotations
 
@@ -195,6 +197,16 @@ def check_rerun_without_checkpoint(run_dir: Path, config: Mapping[str, Any], sta
     replaced = "metrics.json" if "metrics.json" in held else "status.json"
     log.warning("no checkpoint in %s: training this experiment there again from %s; its %s will be replaced",
                 run_dir, start, replaced)
+
+
+def check_run_length(step: int, max_steps: int, source: Path) -> None:
+    """Raises :class:`ResumeRefused` when ``max_steps`` (the new ``trainer.max_steps``) is below
+    ``step``, the steps the checkpoint at ``source`` has trained; an equal value (a requeue of
+    a finished run) is accepted."""
+    if max_steps < step:
+        raise ResumeRefused(f"cannot resume {source}: it has trained {step} steps, and trainer.max_steps={max_steps} "
+                            f"cannot shorten it: set trainer.max_steps={step} or more to continue it, evaluate it "
+                            "with eqdeq eval, or choose another hydra.run.dir for a shorter run")
 
 
 def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], source: Path, resume: str) -> None:

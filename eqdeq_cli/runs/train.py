@@ -26,7 +26,7 @@ from ..errors import CheckpointError
 from ..trust import TrustedTargets, check_saved_config, resolved_saved_config
 from ..utils.files import write_json
 from .restore import measurement_sets
-from .resume import check_resume_value, check_same_experiment, resume_checkpoint
+from .resume import check_resume_value, check_run_length, check_same_experiment, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,10 @@ def _read_resume_checkpoint(cfg: DictConfig, run_dir: Path, config: dict[str, An
 
     Its saved config is not built (``cfg`` is), but it is held to the same trust as in ``eqdeq
     eval`` before anything is built (a checkpoint naming foreign code is refused whatever it is
-    used for), and it must be the same experiment as ``config``. Without a checkpoint of its
-    own, ``run_dir`` holding a finished run's results is trained again only for the same
-    experiment (:func:`~eqdeq_cli.runs.resume.check_rerun_without_checkpoint`).
+    used for), it must be the same experiment as ``config``, and it must not have trained more
+    steps than ``trainer.max_steps``. Without a checkpoint of its own, ``run_dir`` holding a
+    finished run's results is trained again only for the same experiment
+    (:func:`~eqdeq_cli.runs.resume.check_rerun_without_checkpoint`).
     """
     found = resume_checkpoint(str(cfg.resume), run_dir, device, config=config)
     if found is None:
@@ -48,6 +49,7 @@ def _read_resume_checkpoint(cfg: DictConfig, run_dir: Path, config: dict[str, An
     saved = resolved_saved_config(checkpoint["config"], str(source))
     check_saved_config(saved, TrustedTargets.for_command(cfg), str(source))
     check_same_experiment(saved, config, source, str(cfg.resume))
+    check_run_length(int(checkpoint["step"]), int(cfg.trainer.max_steps), source)
     return found
 
 
