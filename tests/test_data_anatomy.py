@@ -1,4 +1,4 @@
-"""Anatomy-like phantoms: determinism, range, an outline inside the unit disc, and the
+"""Anatomy-like and mixed phantoms: determinism, range, an outline inside the unit disc, and the
 statistics that set them apart from the flat ellipses (shading, three tissue classes)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from eqdeq_cli.data import PhantomData
 from eqdeq_cli.data.anatomy import random_anatomy_phantoms
-from eqdeq_cli.data.phantoms import random_ellipse_phantoms
+from eqdeq_cli.data.phantoms import random_ellipse_phantoms, random_mixed_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +75,41 @@ def test_phantom_data_kind_selects_the_family_and_the_cache_file(tmp_path):
     assert ellipses.cache_path != anatomy.cache_path
     expected = random_anatomy_phantoms(3, 16, 1, np.random.default_rng(np.random.SeedSequence(0, spawn_key=(0,))))
     assert torch.equal(anatomy.split("train").tensors["x"], torch.from_numpy(expected))
-    with pytest.raises(ValueError, match=r"^unknown data.kind='organs'; valid kinds are 'ellipses', 'anatomy'$"):
+    with pytest.raises(ValueError, match=r"^unknown data.kind='organs'; valid kinds are 'ellipses', 'anatomy', 'mixed'$"):
         PhantomData(**small, kind="organs")
 
 
-def test_anatomy_config_is_the_phantoms_config_with_its_kind(compose_cfg):
-    cfg = compose_cfg(["data=anatomy"])
-    base = compose_cfg([])
-    assert cfg.data.kind == "anatomy" and base.data.kind == "ellipses"
+@pytest.mark.parametrize("name", ["anatomy", "mixed"])
+def test_anatomy_and_mixed_configs_are_the_phantoms_config_with_their_kind(compose_cfg, name):
+    cfg = compose_cfg([f"data={name}"])
+    base = compose_cfg(["data=phantoms"])
+    assert cfg.data.kind == name and base.data.kind == "ellipses"
     assert {k: v for k, v in cfg.data.items() if k != "kind"} == {k: v for k, v in base.data.items() if k != "kind"}
     assert isinstance(instantiate(cfg.data, n_train=1, n_val=1, n_test=1, img_size=16), PhantomData)
+
+
+def test_default_data_is_the_mixed_phantoms_and_the_presets_keep_the_ellipses(compose_cfg):
+    assert compose_cfg([]).data == compose_cfg(["data=mixed"]).data
+    for task in ("ct", "mri", "inpainting"):
+        assert compose_cfg([f"experiment={task}_ei_implicit"]).data.kind == "ellipses"
+
+
+@pytest.mark.parametrize("n", [5, 6])
+def test_mixed_phantoms_alternate_the_two_families(n):
+    seq = np.random.SeedSequence(3)
+    mixed = random_mixed_phantoms(n, 16, 2, np.random.default_rng(seq))
+    rng = np.random.default_rng(seq)
+    ellipses = random_ellipse_phantoms((n + 1) // 2, 16, 2, rng)
+    anatomy = random_anatomy_phantoms(n // 2, 16, 2, rng)
+    assert mixed.shape == (n, 2, 16, 16) and mixed.dtype == np.float32
+    assert np.array_equal(mixed[0::2], ellipses) and np.array_equal(mixed[1::2], anatomy)
+    assert mixed.min() >= 0.0 and mixed.max() <= 1.0
+
+
+def test_mixed_phantom_data_has_its_own_cache_file(tmp_path):
+    small = dict(img_size=16, n_train=4, n_val=1, n_test=1, cache_dir=tmp_path)
+    mixed = PhantomData(**small, kind="mixed")
+    assert mixed.cache_path not in (PhantomData(**small).cache_path, PhantomData(**small, kind="anatomy").cache_path)
+    seq = np.random.SeedSequence(0, spawn_key=(0,))
+    expected = random_mixed_phantoms(4, 16, 1, np.random.default_rng(seq))
+    assert torch.equal(mixed.split("train").tensors["x"], torch.from_numpy(expected))

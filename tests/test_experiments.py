@@ -62,10 +62,16 @@ def test_presets_of_a_task_differ_only_in_loss_and_gradient(compose_cfg, task):
 
 
 def test_ct_presets_keep_the_default_run_size(compose_cfg):
+    """The CT presets are the default run on the ellipse phantoms (the default data mixes in
+    the anatomy-like ones): the same sizes, operator, model, solvers and training loop."""
     default = compose_cfg([])
+    assert default.data.kind == "mixed"
     for method in METHODS:
         cfg = compose_cfg([f"experiment=ct_{method}"])
-        for key in ("data", "physics", "model", "solver"):
+        assert cfg.data == compose_cfg(["data=phantoms"]).data
+        assert {k: v for k, v in cfg.data.items() if k != "kind"} == \
+            {k: v for k, v in default.data.items() if k != "kind"}, f"ct_{method} changes the data sizes"
+        for key in ("physics", "model", "solver"):
             assert cfg[key] == default[key], f"ct_{method} changes {key} of the default run"
         budget = ("max_steps", "max_minutes")
         assert {k: v for k, v in cfg.trainer.items() if k not in budget} == \
