@@ -1,10 +1,11 @@
-"""``metrics.csv``: one row per evaluation, and a header that grows with the metrics."""
+"""``metrics.csv``: one row per evaluation, and a header that grows with the metrics;
+TensorBoard: a resumed run's curves do not repeat the steps a killed process logged."""
 from __future__ import annotations
 
 import csv
 
 from conftest import TINY
-from eqdeq_cli.engine.logs import MetricsCSV
+from eqdeq_cli.engine.logs import MetricsCSV, TensorBoard
 from eqdeq_cli.runs import train as run
 
 
@@ -29,3 +30,20 @@ def test_lipschitz_estimated_after_the_first_validation_reaches_the_test_row(com
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv", newline="")))
     assert [r["split"] for r in rows] == ["val", "val", "test"]
     assert rows[0]["lipschitz"] == "" and float(rows[-1]["lipschitz"]) > 0
+
+
+def test_a_resumed_run_hides_the_steps_a_killed_process_logged_after_its_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    killed = TensorBoard(tmp_path)  # checkpoint at step 3, killed after logging step 6
+    for step in range(1, 7):
+        killed.scalars("train", {"loss": float(step)}, step)
+    killed.writer.close()
+    resumed = TensorBoard(tmp_path, purge_step=4)  # the trainer's purge step: checkpoint step + 1
+    for step in range(4, 9):
+        resumed.scalars("train", {"loss": 10.0 * step}, step)
+    resumed.writer.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == \
+        [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0), (7, 70.0), (8, 80.0)]

@@ -75,14 +75,18 @@ def _csv_columns(keys: Mapping[str, Any]) -> list[str]:
 
 
 class TensorBoard:
-    """A thin wrapper over ``SummaryWriter`` that tolerates being disabled (``enabled=False``)."""
+    """A thin wrapper over ``SummaryWriter`` that tolerates being disabled (``enabled=False``).
 
-    def __init__(self, log_dir: str | os.PathLike, enabled: bool = True) -> None:
+    ``purge_step``: the first step a resumed run logs again; events a killed process logged
+    at or after it (between its last checkpoint and the kill) are hidden by TensorBoard, so
+    resumed curves do not run twice over those steps. ``None`` for a new run."""
+
+    def __init__(self, log_dir: str | os.PathLike, enabled: bool = True, purge_step: int | None = None) -> None:
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
         if self.writer is None:

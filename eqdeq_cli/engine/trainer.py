@@ -385,7 +385,8 @@ class Trainer:
         consecutive non-finite steps, leaving the last good checkpoint in place.
         """
         s = self.settings
-        self.tb = TensorBoard(self.run_dir / "tb", enabled=s.tensorboard and self.dist.is_main)
+        self.tb = TensorBoard(self.run_dir / "tb", enabled=s.tensorboard and self.dist.is_main,
+                              purge_step=self.step + 1 if self.step > 0 else None)
         self.deq.train()
         bar = progress_bar(total=s.max_steps, initial=self.step, desc="train", unit="step",
                            enabled=s.progress and self.dist.is_main)
