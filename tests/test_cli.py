@@ -44,8 +44,10 @@ def test_smoke_preset_writes_the_output_contract(smoke_run):
 
 
 def test_eval_reproduces_the_final_metrics(smoke_run, tmp_path):
-    assert cli.main(["eval", f"ckpt={smoke_run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={tmp_path}"]) == 0
+    """The training's final metrics are of the checkpoint metrics.json names, last.pt."""
     final = json.loads((smoke_run / "metrics.json").read_text())
+    assert final["checkpoint"] == "checkpoints/last.pt"
+    assert cli.main(["eval", f"ckpt={smoke_run / final['checkpoint']}", f"hydra.run.dir={tmp_path}"]) == 0
     again = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("psnr", "ssim", "psnr_init", "ssim_init", "iters_mean", "residual_mean"):
         assert again[key] == pytest.approx(final[key], rel=1e-6, abs=1e-9), key

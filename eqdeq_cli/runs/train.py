@@ -135,7 +135,8 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
                                      step=trainer.step, time_s=trainer.train_time_s, tb=trainer.tb, dist=dist,
                                      progress=settings.progress, extra=trainer.contraction_metrics())
         summary = {**result.metrics, "split": "test", "step": trainer.step, "steps": trainer.step,
-                   "train_time_s": round(trainer.train_time_s, 3), "best_val": trainer.best, "status": status}
+                   "train_time_s": round(trainer.train_time_s, 3), "best_val": trainer.best, "status": status,
+                   "checkpoint": "checkpoints/last.pt"}
         if trainer.time_capped:
             summary["time_cap"] = time_cap_record(trainer.step, settings.max_steps, settings.max_minutes)
         if dist.is_main:
