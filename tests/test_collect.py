@@ -436,3 +436,20 @@ def test_a_config_group_named_or_left_at_its_default_shares_a_row(tmp_path: Path
     write_job(tmp_path / "3", ["seed=2"], {"psnr": 29.0}, config=implicit)
     table = collect(tmp_path, metrics=["psnr"])
     assert [r.values for r in table.rows] == [("implicit",), ("jfb",), ('{"mode": "implicit", "unroll_steps": 3}',)]
+
+
+def test_a_running_job_that_no_process_holds_is_reported_as_killed(tmp_path: Path) -> None:
+    from eqdeq_cli.runs.directory import hold_run_dir
+
+    for name in ("alive", "killed", "old"):
+        write_job(tmp_path / name, [f"+tag={name}"], None, {"status": "running", "task": "train"})
+    (tmp_path / "killed" / ".lock").write_text("4242\n")  # its process died: nobody holds the lock
+    lock = hold_run_dir(tmp_path / "alive")  # a live run (here, this process) holds it
+    try:
+        jobs = {j.path: j for j in collect(tmp_path).jobs}
+    finally:
+        lock.close()
+    assert jobs["killed"].error == ("incomplete: no metrics.json (status 'running'; no process holds its lock: "
+                                    "killed, or running on a machine that does not share file locks; the same "
+                                    "command resumes it)")
+    assert jobs["alive"].error == jobs["old"].error == "incomplete: no metrics.json (status 'running')"

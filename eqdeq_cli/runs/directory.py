@@ -90,6 +90,27 @@ class RunDirectoryInUse(UserError):
     """Another process holds the run directory's lock."""
 
 
+def lock_is_held(run_dir: str | os.PathLike) -> bool | None:
+    """Whether a process holds ``run_dir``'s lock now: ``True``, ``False``, or ``None`` when it
+    cannot be told (no lock file: a run of an older version, or one that never started; a file
+    system without ``flock``). Takes a shared lock for an instant; changes nothing."""
+    import fcntl
+
+    try:
+        handle = open(Path(run_dir) / LOCK_FILE)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def hold_run_dir(run_dir: str | os.PathLike) -> IO[str]:
     """Lock ``run_dir`` for this process; returns the lock file (closing it releases the lock).
 

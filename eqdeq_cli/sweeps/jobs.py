@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..runs.directory import lock_is_held
+
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +43,15 @@ class JobResult:
     status: str
     error: str | None = None
     time_cap: str | None = None
+
+
+def _stale_note(job_dir: Path, run_status: str | None) -> str:
+    """For a job whose status says ``running`` while no process holds its directory's lock:
+    it was killed without a chance to say so (``kill -9``, out of memory, a node lost)."""
+    if run_status != "running" or lock_is_held(job_dir) is not False:
+        return ""
+    return ("; no process holds its lock: killed, or running on a machine that does not share file locks; "
+            "the same command resumes it")
 
 
 def find_job_dirs(root: Path) -> list[Path]:
@@ -103,7 +114,7 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
         if status == "ok":
             # "running" (or killed hard), "stopped" (preempted, waiting for its requeue)
             state = f"status {run_status!r}" if run_status else "still running, or killed"
-            errors.insert(0, f"incomplete: no metrics.json ({state})")
+            errors.insert(0, f"incomplete: no metrics.json ({state}{_stale_note(job_dir, run_status)})")
             status = "incomplete"
     else:
         try:
@@ -118,7 +129,8 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
             # are of the earlier model, not of the settings now in .hydra/overrides.yaml
             step = raw.get("step")
             at = f" at step {step}" if isinstance(step, int) and not isinstance(step, bool) else ""
-            errors.insert(0, f"incomplete: status {run_status!r} (metrics.json is from an earlier completion{at})")
+            errors.insert(0, f"incomplete: status {run_status!r} (metrics.json is from an earlier completion{at}"
+                             f"{_stale_note(job_dir, run_status)})")
             status = "incomplete"
     if status == "ok":
         metrics.update(read_analysis_summary(job_dir))
