@@ -453,3 +453,14 @@ def test_a_running_job_that_no_process_holds_is_reported_as_killed(tmp_path: Pat
                                     "killed, or running on a machine that does not share file locks; the same "
                                     "command resumes it)")
     assert jobs["alive"].error == jobs["old"].error == "incomplete: no metrics.json (status 'running')"
+
+
+def test_an_analysis_of_another_step_is_left_out(tmp_path: Path, caplog) -> None:
+    summary = {"summary": {"lipschitz": 0.9}}
+    for name, analysed in (("same", 400), ("older", 150)):
+        write_job(tmp_path / name, [f"+tag={name}"], {"psnr": 30.0, "step": 400})
+        (tmp_path / name / "analysis.json").write_text(json.dumps({**summary, "step": analysed}))
+    jobs = {j.path: j for j in collect(tmp_path).jobs}
+    assert jobs["same"].metrics["an_lipschitz"] == 0.9
+    assert "an_lipschitz" not in jobs["older"].metrics and jobs["older"].metrics["psnr"] == 30.0
+    assert "analysis.json is of step 150, the job's metrics.json of step 400: its columns are left out" in caplog.text

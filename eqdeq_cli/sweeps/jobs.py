@@ -108,6 +108,7 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
             errors.insert(0, str(marker.get("error") or "failed (no error message)"))
 
     metrics: dict[str, float] = {}
+    raw: Any = {}
     time_cap = None
     metrics_file = job_dir / "metrics.json"
     if not metrics_file.is_file():
@@ -133,7 +134,8 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
                              f"{_stale_note(job_dir, run_status)})")
             status = "incomplete"
     if status == "ok":
-        metrics.update(read_analysis_summary(job_dir))
+        step = raw.get("step")
+        metrics.update(read_analysis_summary(job_dir, step=step if isinstance(step, int) else None))
     if status != "ok":
         log.info("job %s failed: %s", rel, "; ".join(errors))
     return JobResult(
@@ -172,15 +174,23 @@ def read_group_choices(job_dir: Path) -> dict[str, str]:
 ANALYSIS_PREFIX = "an_"
 
 
-def read_analysis_summary(job_dir: Path) -> dict[str, float]:
+def read_analysis_summary(job_dir: Path, step: int | None = None) -> dict[str, float]:
     """``{"an_<key>": value}`` from the ``"summary"`` of ``job_dir/analysis.json`` (``{}`` when
-    the file is absent; an unreadable file is logged and skipped, it does not fail the job)."""
+    the file is absent; an unreadable file is logged and skipped, it does not fail the job).
+    ``step``: the step of the job's ``metrics.json``; an analysis of another step (a model
+    trained further since) is left out with a warning, so its numbers never sit beside
+    metrics of another model."""
     path = job_dir / "analysis.json"
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text())
         summary = data.get("summary", {}) if isinstance(data, dict) else {}
+        analysed = data.get("step") if isinstance(data, dict) else None
+        if step is not None and isinstance(analysed, int) and analysed != step:
+            log.warning("%s is of step %d, the job's metrics.json of step %d: its columns are left out "
+                        "(eqdeq analyze ckpt=%s analyses the model as it is now)", path, analysed, step, job_dir)
+            return {}
         return {f"{ANALYSIS_PREFIX}{k}": v for k, v in flatten_metrics(summary).items()}
     except (json.JSONDecodeError, ValueError) as exc:
         log.warning("skipping unreadable %s: %s", path, exc)
