@@ -12,8 +12,9 @@ from eqdeq_cli import cli
 from eqdeq_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from eqdeq_cli.errors import CheckpointError
 from eqdeq_cli.runs import train as run
-from eqdeq_cli.runs.resume import RESUMABLE_KEYS, ResumeRefused, check_same_experiment, config_differences
-from eqdeq_cli.sweeps.table import collect
+from eqdeq_cli.runs.resume import (RESUMABLE_KEYS, ResumeRefused, _describe, _differences, check_same_experiment,
+                                   config_differences, restoring_overrides)
+from eqdeq_cli.sweeps.table import collect, config_leaves
 
 RUN = [*TINY, "trainer.max_steps=2", "trainer.checkpoint_every=1"]
 
@@ -68,6 +69,18 @@ def test_a_key_added_later_matches_a_checkpoint_without_it_only_at_the_former_be
                                               "grad.sample_cache: (absent) → 64"]
     new["map"]["unknown_new_key"] = 1  # not a registered addition: still a difference
     assert "map.unknown_new_key: (absent) → 1" in config_differences(saved, new)
+
+
+def test_phantom_runs_from_before_data_kind_resume_as_ellipses():
+    phantoms = {"_target_": "eqdeq_cli.data.PhantomData", "img_size": 64}
+    saved = {"data": dict(phantoms)}
+    assert config_differences(saved, {"data": {**phantoms, "kind": "ellipses"}}) == []
+    found = [d for d in _differences(saved, {"data": {**phantoms, "kind": "mixed"}})]
+    assert [_describe(d) for d in found] == ['data.kind: (absent) → "mixed"']
+    assert restoring_overrides(found) == ["data.kind=ellipses"]
+    # collect compares the same way, and a data source without kinds gets none
+    assert config_leaves(saved)["data.kind"] == "ellipses"
+    assert "data.kind" not in config_leaves({"data": {"_target_": "eqdeq_cli.data.BrainTemplateData"}})
 
 
 def test_a_run_whose_default_changed_since_is_told_the_override_that_continues_it(tmp_path):

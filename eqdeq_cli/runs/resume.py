@@ -65,7 +65,10 @@ ADDED_KEYS: dict[str, Any] = {
     "group.interpolation": "bilinear",
     "map.preconditioner": "none",
     "loss.terms.mc.preconditioner": "none",
+    "data.kind": "ellipses",
 }
+#: Keys of :data:`ADDED_KEYS` that only nodes of one class have (the parent node's ``_target_``).
+ADDED_KEY_CLASSES: dict[str, str] = {"data.kind": "eqdeq_cli.data.PhantomData"}
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..runs.resume import ADDED_KEYS, RESUMABLE_KEYS, resolve_auto
+from ..runs.resume import ADDED_KEY_CLASSES, ADDED_KEYS, RESUMABLE_KEYS, resolve_auto
 from .jobs import JobResult, find_job_dirs, natural_key, read_group_choices, read_job
 
 __all__ = ["Summary", "GroupRow", "SweepTable", "collect", "format_summary"]
@@ -327,7 +327,8 @@ def config_leaves(config: Any) -> dict[str, str]:
         node: Any = config
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf not in node:
+        if isinstance(node, dict) and leaf not in node \
+                and ADDED_KEY_CLASSES.get(key, node.get("_target_")) == node.get("_target_"):
             node[leaf] = default
     out: dict[str, str] = {}
 
