@@ -438,6 +438,22 @@ def test_a_config_group_named_or_left_at_its_default_shares_a_row(tmp_path: Path
     assert [r.values for r in table.rows] == [("implicit",), ("jfb",), ('{"mode": "implicit", "unroll_steps": 3}',)]
 
 
+def test_a_recorded_choice_that_does_not_describe_the_node_is_not_used(tmp_path: Path) -> None:
+    implicit = {"seed": 0, "grad": {"mode": "implicit"}}
+    jfb = {"seed": 0, "grad": {"mode": "jfb"}}
+    # a sweep over a key inside the group: Hydra records grad: implicit for both
+    write_job(tmp_path / "sw" / "0", ["grad.mode=implicit"], {"psnr": 30.0}, config=implicit)
+    write_job(tmp_path / "sw" / "1", ["grad.mode=jfb"], {"psnr": 28.0}, config=jfb)
+    # evaluations: hydra.yaml holds the eval command's defaults, config.yaml the evaluated model's
+    write_job(tmp_path / "ev" / "0", ["ckpt=a"], {"psnr": 30.0}, config={**implicit, "task": "eval"})
+    write_job(tmp_path / "ev" / "1", ["ckpt=b"], {"psnr": 28.0}, config={**jfb, "task": "eval"})
+    for job in ("sw/0", "sw/1", "ev/0", "ev/1"):
+        _write_choices(tmp_path / job, grad="implicit")
+    for sweep in ("sw", "ev"):
+        rows = collect(tmp_path / sweep, metrics=["psnr"], group_by=["grad"]).rows
+        assert [(r.values, r.n) for r in rows] == [(('{"mode": "implicit"}',), 1), (('{"mode": "jfb"}',), 1)]
+
+
 def test_a_running_job_that_no_process_holds_is_reported_as_killed(tmp_path: Path) -> None:
     from eqdeq_cli.runs.directory import hold_run_dir
 

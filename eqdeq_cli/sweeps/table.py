@@ -377,7 +377,10 @@ def _lookup(job: JobResult, key: str, choices: Callable[[JobResult], dict[str, s
     node is a mapping, or absent: ``trainer/optimizer``, ``experiment``), the option the job was
     composed with, ``choices(job)`` (:func:`~eqdeq_cli.sweeps.jobs.read_group_choices`), comes
     before the config: ``grad=implicit`` typed and ``grad`` left at its default ``implicit``
-    read the same. Jobs without a recorded choice keep the config's value."""
+    read the same. Jobs without a recorded choice keep the config's value, and so do jobs whose
+    recorded choice does not describe the node: an evaluation (its ``hydra.yaml`` holds the eval
+    command's defaults, not the evaluated model's) and a job that overrides a key inside the
+    group (``grad.mode=jfb`` leaves the choice ``implicit``)."""
     if key in job.overrides:
         return job.overrides[key]
     node: Any = job.config
@@ -387,7 +390,8 @@ def _lookup(job: JobResult, key: str, choices: Callable[[JobResult], dict[str, s
             found = False
             break
         node = node[part]
-    if choices is not None and (not found or isinstance(node, dict)):
+    describes = job.config.get("task") != "eval" and not any(k.startswith(f"{key}.") for k in job.overrides)
+    if choices is not None and describes and (not found or isinstance(node, dict)):
         chosen = choices(job).get(key)
         if chosen is not None:
             return chosen
