@@ -53,3 +53,24 @@ def test_the_other_sweep_sentence_only_when_the_held_job_has_other_overrides(tmp
     assert other_sweep_hint(_job(tmp_path, ["data=tiny", "seed=1"])) == (
         f". {tmp_path} holds another job (seed=0 data=tiny) of an earlier sweep: use a new hydra.sweep.dir, or "
         "hydra.sweep.subdir='${hydra.job.override_dirname}' to name job directories by their overrides")
+
+
+def test_a_second_sweep_over_a_resumable_key_does_not_continue_the_first_ones_jobs(cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    tiny = [o for o in TINY if not o.startswith("trainer.max_steps=")]
+    first = _eqdeq(["train", "-m", *tiny, "trainer.max_steps=1,2", f"hydra.sweep.dir={sweep}"], cache_dir, tmp_path)
+    assert first.returncode == 0, first.stderr
+    files = [p for p in sorted(sweep.rglob("*")) if p.is_file() and p.suffix != ".log" and p.name != "multirun.yaml"]
+    before = {p: p.read_bytes() for p in files}
+
+    second = _eqdeq(["train", "-m", *tiny, "trainer.max_steps=2,3", f"hydra.sweep.dir={sweep}"], cache_dir, tmp_path)
+    out = second.stdout + second.stderr
+    assert second.returncode == 1 and "2 job(s) of the sweep failed:" in out
+    for num, (held, now) in enumerate(((1, 2), (2, 3))):
+        assert (f"{sweep / str(num)} holds a job of an earlier sweep (trainer.max_steps={held}), not this one "
+                f"(trainer.max_steps={now}): job directories are numbered from 0 in every sweep; use a new "
+                "hydra.sweep.dir, or hydra.sweep.subdir='${hydra.job.override_dirname}'") in out
+    assert {p: p.read_bytes() for p in files} == before
+    # the same sweep again (here with a longer run for every job) continues its own jobs
+    again = _eqdeq(["train", "-m", *tiny, "trainer.max_steps=1,2", f"hydra.sweep.dir={sweep}"], cache_dir, tmp_path)
+    assert again.returncode == 0, again.stderr

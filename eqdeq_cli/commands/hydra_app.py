@@ -113,6 +113,55 @@ def other_sweep_hint(job: "Job") -> str:
             "hydra.sweep.subdir='${hydra.job.override_dirname}' to name job directories by their overrides")
 
 
+class JobOfAnotherSweep(UserError):
+    """A sweep's job directory holds a job of an earlier sweep with another value of a swept key."""
+
+
+def swept_keys(sweep_dir: Path) -> list[str]:
+    """The keys the multirun writing into ``sweep_dir`` sweeps (``seed=0,1``, ``lr=range(...)``):
+    read from Hydra's ``multirun.yaml`` there, ``[]`` when it cannot be read."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((sweep_dir / "multirun.yaml").read_text(encoding="utf-8"))
+        task = saved["hydra"]["overrides"]["task"]
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides([str(item) for item in task])
+    except Exception:  # no multirun.yaml, or one Hydra cannot read: no check, as before
+        return []
+    return [o.key_or_group for o in parsed if o.is_sweep_override()]
+
+
+def refuse_job_of_another_sweep(job: "Job", sweep_dir: Path) -> None:
+    """Raises :class:`JobOfAnotherSweep` (nothing written) when ``job.run_dir``, a job directory
+    of a multirun, holds a job whose overrides give a swept key of this sweep another value.
+    Job directories are numbered from 0 in every sweep, so a second sweep into the same
+    ``hydra.sweep.dir`` lands on the first sweep's jobs; one that differs only in a key a run
+    may change on resume (``trainer.max_steps=2,3`` then ``3,4``) would otherwise continue
+    the other job's run and replace its results. The same sweep run again (with, say, a longer
+    ``trainer.max_steps`` for every job) passes."""
+    import yaml
+
+    from ..sweeps.jobs import parse_overrides
+
+    try:
+        held_list = yaml.safe_load((job.run_dir / HYDRA_SUBDIR / "overrides.yaml").read_text(encoding="utf-8"))
+        held = parse_overrides(held_list)
+    except (OSError, yaml.YAMLError, ValueError):
+        return
+    now = parse_overrides(list(job.overrides))
+    changed = [k for k in swept_keys(sweep_dir) if held.get(k) != now.get(k)]
+    if not changed:
+        return
+    show = ", ".join(f"{k}={held.get(k, '(default)')}" for k in changed)
+    mine = ", ".join(f"{k}={now.get(k, '(default)')}" for k in changed)
+    raise JobOfAnotherSweep(f"{job.run_dir} holds a job of an earlier sweep ({show}), not this one ({mine}): job "
+                            "directories are numbered from 0 in every sweep; use a new hydra.sweep.dir, or "
+                            "hydra.sweep.subdir='${hydra.job.override_dirname}' to name job directories by their "
+                            "overrides")
+
+
 @dataclass
 class Job:
     """One job of a Hydra command: where it writes, how it was called, who it runs with."""
@@ -213,6 +262,8 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim
                     job.dist, job.run_dir = start_processes(cfg, job.run_dir)
                 if record_status:
                     refuse_run_of_another_command(job)
+                    if job.multirun:
+                        refuse_job_of_another_sweep(job, Path(hc.sweep.dir))
                 if record_status and job.is_main:
                     job.lock = hold_run_dir(job.run_dir)  # refused: another run's files stay untouched
                 if not (claim_in_body and holds_run(job.run_dir)):
