@@ -70,3 +70,15 @@ def test_eval_records_the_config_it_evaluated(run_32px, tmp_path):
     command = yaml.safe_load((out / ".hydra" / "command.yaml").read_text())
     assert command["task"] == "eval" and command["data"]["img_size"] != 32
     assert yaml.safe_load((out / ".hydra" / "overrides.yaml").read_text())[-1] == "solver.eval.max_iter=2"
+
+
+def test_an_evaluation_with_other_overrides_does_not_replace_another(run_32px, tmp_path, capfd):
+    out = tmp_path / "eval"
+    assert cli.main(["eval", f"ckpt={run_32px}", f"hydra.run.dir={out}"]) == 0
+    before = _files(out)
+    assert cli.main(["eval", f"ckpt={run_32px}", "split=val", f"hydra.run.dir={out}"]) == 1
+    assert (f"{out} holds another eqdeq eval run (ckpt={run_32px}), whose results this one would replace: "
+            "leave hydra.run.dir out or choose a new directory") in capfd.readouterr().err
+    assert {name: data for name, data in _files(out).items() if name != "eval.log"} == \
+        {name: data for name, data in before.items() if name != "eval.log"}
+    assert cli.main(["eval", f"ckpt={run_32px}", f"hydra.run.dir={out}"]) == 0  # the same evaluation again

@@ -113,6 +113,30 @@ def other_sweep_hint(job: "Job") -> str:
             "hydra.sweep.subdir='${hydra.job.override_dirname}' to name job directories by their overrides")
 
 
+def refuse_other_evaluation(job: "Job") -> None:
+    """Raises :class:`RunOfAnotherCommand` (nothing written) when ``job.run_dir`` holds a run
+    of the same command made with other overrides (``eqdeq eval ckpt=B`` into the directory of
+    ``eqdeq eval ckpt=A``), whose results the job would replace. For commands whose runs are
+    quick to make again and have no checkpoint to resume (eval); the same command again passes."""
+    import yaml
+
+    from ..sweeps.jobs import parse_overrides
+
+    if held_task(job.run_dir) != job.task:
+        return
+    try:
+        held = parse_overrides(yaml.safe_load((job.run_dir / HYDRA_SUBDIR / "overrides.yaml").read_text(
+            encoding="utf-8")))
+    except (OSError, yaml.YAMLError, ValueError):
+        return
+    if held == parse_overrides(list(job.overrides)):
+        return
+    shown = " ".join(f"{k}={v}" for k, v in held.items()) or "no overrides"
+    key = "hydra.sweep.dir" if job.multirun else "hydra.run.dir"
+    raise RunOfAnotherCommand(f"{job.run_dir} holds another eqdeq {job.task} run ({shown}), whose results this one "
+                              f"would replace: leave {key} out or choose a new directory")
+
+
 class JobOfAnotherSweep(UserError):
     """A sweep's job directory holds a job of an earlier sweep with another value of a swept key."""
 
@@ -262,6 +286,8 @@ def hydra_task(*, record_status: bool = True, join_processes: bool = True, claim
                     job.dist, job.run_dir = start_processes(cfg, job.run_dir)
                 if record_status:
                     refuse_run_of_another_command(job)
+                    if runs_saved_config:
+                        refuse_other_evaluation(job)
                     if job.multirun:
                         refuse_job_of_another_sweep(job, Path(hc.sweep.dir))
                 if record_status and job.is_main:
