@@ -368,7 +368,7 @@ def test_job_claimed_again_with_an_earlier_metrics_json_is_incomplete(tmp_path: 
     assert jobs["1"].error == "incomplete: status 'running' (metrics.json is from an earlier completion at step 2)"
     assert jobs["0"].metrics == {} and jobs["4"].error == "RuntimeError: boom"
     md = table.to_markdown()
-    assert "- `0` (incomplete): incomplete: status 'stopped' (metrics.json is from an earlier completion " \
+    assert "- `0` (incomplete): status 'stopped' (metrics.json is from an earlier completion " \
            "at step 2)" in md
     # only the stopped job: its old metrics are not offered either
     with pytest.raises(KeyError) as info:
@@ -480,3 +480,10 @@ def test_an_analysis_of_another_step_is_left_out(tmp_path: Path, caplog) -> None
     assert jobs["same"].metrics["an_lipschitz"] == 0.9
     assert "an_lipschitz" not in jobs["older"].metrics and jobs["older"].metrics["psnr"] == 30.0
     assert "analysis.json is of step 150, the job's metrics.json of step 400: its columns are left out" in caplog.text
+
+
+def test_the_comparison_lists_failed_jobs_as_the_table_does(tmp_path: Path) -> None:
+    from eqdeq_cli.sweeps.compare import comparison_markdown
+
+    table = collect(make_sweep(tmp_path, fail_jfb_seed2=True))
+    assert "Failed or incomplete jobs (1):\n\n- `5` (failed): RuntimeError: boom" in comparison_markdown(table)

@@ -90,6 +90,7 @@ def comparison_markdown(table: SweepTable) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if table.fixed:
         lines += ["", "Common overrides: " + " ".join(f"`{k}={v}`" for k, v in table.fixed.items())]
+    lines += table.notes()
     return "\n".join(lines) + "\n"
 
 

@@ -175,14 +175,22 @@ class SweepTable:
         if self.mixed_keys:
             lines += ["", "Jobs in one row differ in config keys not grouped by: "
                       + ", ".join(f"`{k}`" for k in self.mixed_keys) + " (add them to --group-by to split the rows)."]
+        lines += self.notes()
+        return "\n".join(lines) + "\n"
+
+    def notes(self) -> list[str]:
+        """The Markdown lists under a table: failed or incomplete jobs, jobs stopped at the time cap."""
+        lines: list[str] = []
         if self.failed:
             lines += ["", f"Failed or incomplete jobs ({len(self.failed)}):", ""]
             for job in self.failed:
-                lines.append(f"- `{job.path}` ({job.status}): {job.error}")
+                error = job.error or ""
+                error = error[len(job.status) + 2:] if error.startswith(f"{job.status}: ") else error
+                lines.append(f"- `{job.path}` ({job.status}): {error}")
         if self.time_capped:
             lines += ["", f"Stopped at the time cap, metrics of fewer steps ({len(self.time_capped)}):", ""]
             lines += [f"- `{job.path}`: {job.time_cap}" for job in self.time_capped]
-        return "\n".join(lines) + "\n"
+        return lines
 
 
 def format_summary(s: Summary | None) -> str:
