@@ -70,9 +70,20 @@ def test_a_second_sweep_into_a_sweep_without_checkpoints_leaves_every_job(tmp_pa
     cli.main(["train", "-m", *RUN, "seed=2,3", f"hydra.sweep.dir={sweep}"])  # "add two seeds"
     err = capfd.readouterr().err
     for job, seed in (("0", 0), ("1", 1)):
-        assert f"{sweep / job} holds a finished run (metrics.json, status.json 'completed') whose checkpoints were " \
-               f"removed, of another experiment (.hydra/config.yaml → now: seed: {seed} → {seed + 2})" in err
+        assert f"{sweep / job} holds a job of an earlier sweep (seed={seed}), not this one (seed={seed + 2})" in err
         assert _files(sweep / job) == before[job]
+
+
+def test_a_rerun_of_a_sweep_without_checkpoints_under_another_setting_leaves_its_job(tmp_path, cache_dir, capfd):
+    sweep = tmp_path / "sweep"
+    cli.main(["train", "-m", *RUN, "seed=0", f"hydra.sweep.dir={sweep}"])
+    shutil.rmtree(sweep / "0" / "checkpoints")
+    before = _files(sweep / "0")
+    capfd.readouterr()
+    cli.main(["train", "-m", *RUN, "seed=2", f"hydra.sweep.dir={sweep}"])  # nothing swept: the job's own check
+    assert f"{sweep / '0'} holds a finished run (metrics.json, status.json 'completed') whose checkpoints were " \
+           "removed, of another experiment (.hydra/config.yaml → now: seed: 0 → 2)" in capfd.readouterr().err
+    assert _files(sweep / "0") == before
 
 
 def test_what_counts_as_a_finished_run(tmp_path):
