@@ -47,3 +47,38 @@ def test_a_resumed_run_hides_the_steps_a_killed_process_logged_after_its_checkpo
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == \
         [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0), (7, 70.0), (8, 80.0)]
+
+
+def test_a_row_of_the_same_step_and_split_replaces_the_earlier_one(tmp_path):
+    path = tmp_path / "metrics.csv"
+    log = MetricsCSV(path)
+    log.append(2, "val", 1.0, {"psnr": 20.0})
+    log.append(2, "test", 1.0, {"psnr": 21.0})
+    MetricsCSV(path).append(2, "test", 1.5, {"psnr": 21.5})  # the finished run evaluated again
+    assert path.read_text().splitlines() == ["step,split,time_s,psnr", "2,val,1.0,20.0", "2,test,1.5,21.5"]
+
+
+def test_purge_drops_the_rows_a_run_writes_again(tmp_path):
+    path = tmp_path / "metrics.csv"
+    log = MetricsCSV(path)
+    for step in (1, 2, 3):
+        log.append(step, "val", float(step), {"psnr": 20.0 + step})
+    MetricsCSV(path).purge(3)  # resumed from the checkpoint of step 2
+    assert path.read_text().splitlines() == ["step,split,time_s,psnr", "1,val,1.0,21.0", "2,val,2.0,22.0"]
+    MetricsCSV(path).purge(1)  # the same experiment trained again from the start
+    assert path.read_text().splitlines() == ["step,split,time_s,psnr"]
+
+
+def test_a_run_trained_again_after_its_checkpoints_were_removed_logs_each_row_once(cache_dir, tmp_path):
+    import shutil
+
+    from eqdeq_cli import cli
+
+    command = ["train", *TINY, "trainer.max_steps=2", "trainer.eval_every=1", f"hydra.run.dir={tmp_path}"]
+    assert cli.main(command) == 0
+    first = (tmp_path / "metrics.csv").read_text().splitlines()
+    shutil.rmtree(tmp_path / "checkpoints")
+    assert cli.main(command) == 0  # the same experiment, trained again (with a warning)
+    rows = [line.split(",")[:2] for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert rows == [["1", "val"], ["2", "val"], ["2", "test"]]
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == len(first)

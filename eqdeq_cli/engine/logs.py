@@ -38,7 +38,9 @@ class MetricsCSV:
     metric the header lacks (``lipschitz`` first estimated after the first validation, a
     file started by a version with fewer metrics) widens the header: the file is
     rewritten atomically (:func:`~eqdeq_cli.utils.files.atomic_write`) with the new
-    column, empty in the earlier rows. A metric missing from a row is an empty cell.
+    column, empty in the earlier rows. A metric missing from a row is an empty cell. A row
+    for a ``(step, split)`` already in the file replaces it (a finished run evaluated again),
+    and :meth:`purge` drops the rows a run will write again.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -53,14 +55,29 @@ class MetricsCSV:
         if self._fields is None:
             self._fields = _csv_columns(row)
             self._rewrite([row])
-        elif not set(row) <= set(self._fields):
-            with self.path.open(newline="") as f:
-                rows = list(csv.DictReader(f))
+            return
+        rows = self._rows()
+        kept = [r for r in rows if (r.get("step"), r.get("split")) != (str(step), split)]
+        if not set(row) <= set(self._fields) or len(kept) < len(rows):
             self._fields = _csv_columns({**dict.fromkeys(self._fields), **row})
-            self._rewrite([*rows, row])
+            self._rewrite([*kept, row])
         else:
             with self.path.open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self._fields).writerow(row)
+
+    def purge(self, step: int) -> None:
+        """Drop the rows of steps ``>= step``: those a resumed run (from step ``step - 1``) or a
+        run trained again from the start (``step`` 1) writes again, so none is in the file twice."""
+        if self._fields is None:
+            return
+        rows = self._rows()
+        kept = [r for r in rows if not (r.get("step", "").isdigit() and int(r["step"]) >= step)]
+        if len(kept) < len(rows):
+            self._rewrite(kept)
+
+    def _rows(self) -> list[dict[str, str]]:
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
 
     def _rewrite(self, rows: list[Mapping[str, Any]]) -> None:
         with atomic_write(self.path, newline="") as f:

@@ -385,8 +385,12 @@ class Trainer:
         consecutive non-finite steps, leaving the last good checkpoint in place.
         """
         s = self.settings
+        # what a killed process, or an earlier run of this experiment, logged past this step is
+        # written again: hidden in TensorBoard, dropped from metrics.csv
         self.tb = TensorBoard(self.run_dir / "tb", enabled=s.tensorboard and self.dist.is_main,
-                              purge_step=self.step + 1 if self.step > 0 else None)
+                              purge_step=self.step + 1)
+        if self.dist.is_main:
+            self.csv.purge(self.step + 1)
         self.deq.train()
         bar = progress_bar(total=s.max_steps, initial=self.step, desc="train", unit="step",
                            enabled=s.progress and self.dist.is_main)
