@@ -46,6 +46,17 @@ def test_a_directory_with_checkpoints_and_no_status_is_a_training_run(run_32px, 
     assert not (run / "status.json").exists()
 
 
+def test_an_older_training_run_without_status_and_checkpoints_is_a_training_run(run_32px, tmp_path, capfd):
+    run = tmp_path / "run"
+    shutil.copytree(run_32px, run)
+    (run / "status.json").unlink()
+    shutil.rmtree(run / "checkpoints")  # removed to save disk: the results and .hydra/ remain
+    before = _files(run)
+    assert cli.main(["eval", f"ckpt={run_32px}", f"hydra.run.dir={run}"]) == 1
+    assert f"{run} holds an eqdeq train run" in capfd.readouterr().err
+    assert {name: data for name, data in _files(run).items() if name != "eval.log"} == before
+
+
 def test_train_into_an_evaluation_directory_is_refused(run_32px, tmp_path, capfd):
     out = tmp_path / "eval"
     assert cli.main(["eval", f"ckpt={run_32px}", f"hydra.run.dir={out}"]) == 0

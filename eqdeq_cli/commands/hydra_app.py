@@ -69,13 +69,26 @@ class RunOfAnotherCommand(UserError):
 
 def held_task(run_dir: Path) -> str | None:
     """The command whose run ``run_dir`` holds: the ``task`` of its ``status.json``, else
-    ``train`` when it has ``checkpoints/``; ``None`` for a directory holding neither."""
+    ``train`` when it has ``checkpoints/``, else the ``task`` of its ``.hydra/config.yaml`` when
+    it has results (``metrics.json``: a run of an older version whose checkpoints were removed);
+    ``None`` for a directory holding none of these."""
+    import yaml
+
     from ..runs.status import read_status
 
     status = read_status(run_dir)
     if isinstance(status, dict) and status.get("task"):
         return str(status["task"])
-    return "train" if (run_dir / CHECKPOINTS).is_dir() else None
+    if (run_dir / CHECKPOINTS).is_dir():
+        return "train"
+    if (run_dir / "metrics.json").is_file():
+        try:
+            saved = yaml.safe_load((run_dir / HYDRA_SUBDIR / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return None
+        task = saved.get("task") if isinstance(saved, dict) else None
+        return str(task) if task else None
+    return None
 
 
 def refuse_run_of_another_command(job: "Job") -> None:
