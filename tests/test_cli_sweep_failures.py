@@ -74,3 +74,13 @@ def test_a_second_sweep_over_a_resumable_key_does_not_continue_the_first_ones_jo
     # the same sweep again (here with a longer run for every job) continues its own jobs
     again = _eqdeq(["train", "-m", *tiny, "trainer.max_steps=1,2", f"hydra.sweep.dir={sweep}"], cache_dir, tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+def test_swept_keys_of_the_command_line_and_of_a_search_space(tmp_path):
+    from eqdeq_cli.commands.hydra_app import swept_keys
+
+    assert swept_keys(tmp_path) == []  # no multirun.yaml: nothing to check
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "overrides": {"task": ["seed=0,1", "trainer.max_steps=3", "model.width=range(8,17,8)"]},
+        "sweeper": {"params": {"loss.terms.ei.weight": "tag(log, interval(1e-4, 1.0))", "seed": "0,1"}}}}))
+    assert swept_keys(tmp_path) == ["seed", "model.width", "loss.terms.ei.weight"]

@@ -452,6 +452,16 @@ def test_a_recorded_choice_that_does_not_describe_the_node_is_not_used(tmp_path:
     for sweep in ("sw", "ev"):
         rows = collect(tmp_path / sweep, metrics=["psnr"], group_by=["grad"]).rows
         assert [(r.values, r.n) for r in rows] == [(('{"mode": "implicit"}',), 1), (('{"mode": "jfb"}',), 1)]
+    # a nested group, by its path or its dotted key, with an override inside it
+    adam = {"seed": 0, "trainer": {"optimizer": {"_target_": "torch.optim.Adam", "lr": 0.002}}}
+    write_job(tmp_path / "nest" / "0", ["seed=0"], {"psnr": 30.0}, config=adam)
+    write_job(tmp_path / "nest" / "1", ["trainer.optimizer.lr=0.1"], {"psnr": 20.0},
+              config={"seed": 0, "trainer": {"optimizer": {"_target_": "torch.optim.Adam", "lr": 0.1}}})
+    for job in ("nest/0", "nest/1"):
+        _write_choices(tmp_path / job, **{"trainer/optimizer": "adam"})
+    for key in ("trainer/optimizer", "trainer.optimizer"):
+        rows = collect(tmp_path / "nest", metrics=["psnr"], group_by=[key]).rows
+        assert [r.values for r in rows] == [("adam",), ('{"_target_": "torch.optim.Adam", "lr": 0.1}',)]
 
 
 def test_a_running_job_that_no_process_holds_is_reported_as_killed(tmp_path: Path) -> None:

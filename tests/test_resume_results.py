@@ -147,3 +147,17 @@ def test_a_shortening_resume_is_one_line_and_exit_1(tmp_path, cache_dir, capfd):
     lines = _error_lines(capfd.readouterr().err)
     assert len(lines) == 1 and "it has trained 4 steps, and trainer.max_steps=2 cannot shorten it" in lines[0]
     assert _files(run_dir) == before
+
+
+def test_a_shortening_refusal_names_what_helps_for_each_resume_setting(tmp_path):
+    from eqdeq_cli.runs.resume import check_run_length
+
+    check_run_length(4, 4, tmp_path / "last.pt")  # a requeue of a finished run
+    start = "cannot resume {}: it has trained 4 steps, and trainer.max_steps=3 cannot shorten it: set " \
+            "trainer.max_steps=4 or more to continue it, evaluate it with eqdeq eval, ".format(tmp_path / "last.pt")
+    with pytest.raises(ResumeRefused) as own:
+        check_run_length(4, 3, tmp_path / "last.pt")
+    assert str(own.value) == start + "or choose another hydra.run.dir for a shorter run"
+    with pytest.raises(ResumeRefused) as other:
+        check_run_length(4, 3, tmp_path / "last.pt", resume=str(tmp_path))
+    assert str(other.value) == start + "or leave resume= out for a new, shorter run"

@@ -155,8 +155,9 @@ class JobOfAnotherSweep(UserError):
 
 
 def swept_keys(sweep_dir: Path) -> list[str]:
-    """The keys the multirun writing into ``sweep_dir`` sweeps (``seed=0,1``, ``lr=range(...)``):
-    read from Hydra's ``multirun.yaml`` there, ``[]`` when it cannot be read."""
+    """The keys the multirun writing into ``sweep_dir`` sweeps: those of the command line
+    (``seed=0,1``, ``lr=range(...)``) and of the sweeper's search space (``hydra.sweeper.params``,
+    the Optuna presets), read from Hydra's ``multirun.yaml`` there; ``[]`` when it cannot be read."""
     import yaml
 
     try:
@@ -167,7 +168,9 @@ def swept_keys(sweep_dir: Path) -> list[str]:
         parsed = OverridesParser.create().parse_overrides([str(item) for item in task])
     except Exception:  # no multirun.yaml, or one Hydra cannot read: no check, as before
         return []
-    return [o.key_or_group for o in parsed if o.is_sweep_override()]
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    params = (saved["hydra"].get("sweeper") or {}).get("params") or {}
+    return keys + [str(k) for k in params if str(k) not in keys] if isinstance(params, dict) else keys
 
 
 def refuse_job_of_another_sweep(job: "Job", sweep_dir: Path) -> None:

@@ -86,13 +86,14 @@ def check_resume_value(resume: str) -> None:
         raise ValueError(f"resume={resume!r}: use auto, never, or the path of a checkpoint or run directory")
 
 
-def resume_checkpoint(resume: str, run_dir: Path, device: Any = "cpu", config: Mapping[str, Any] | None = None
-                      ) -> tuple[Path, dict[str, Any]] | None:
+def resume_checkpoint(resume: str, run_dir: Path, device: Any = "cpu", config: Mapping[str, Any] | None = None,
+                      warn: bool = True) -> tuple[Path, dict[str, Any]] | None:
     """``(path, payload)`` of the checkpoint a run in ``run_dir`` continues from, or ``None`` for a new run.
 
     See the module docstring for the rules. ``config``: the new run's (resolved); when given
     and ``run_dir`` has no checkpoint of its own, a finished run's results there are checked
-    with :func:`check_rerun_without_checkpoint`. Raises :class:`ResumeRefused` for
+    with :func:`check_rerun_without_checkpoint` (``warn``: log its warning; false on the ranks
+    of a multi-process launch but the first). Raises :class:`ResumeRefused` for
     ``resume=never`` in a directory holding a run or a refused rerun, and
     :class:`~eqdeq_cli.errors.CheckpointError` when the run directory has checkpoints but
     none can be read, or the path cannot be read.
@@ -105,7 +106,7 @@ def resume_checkpoint(resume: str, run_dir: Path, device: Any = "cpu", config: M
         return None
     own = own_checkpoint(run_dir, device)
     if own is None and config is not None:
-        check_rerun_without_checkpoint(run_dir, config, start="step 0" if resume == "auto" else resume)
+        check_rerun_without_checkpoint(run_dir, config, start="step 0" if resume == "auto" else resume, warn=warn)
     if own is not None or resume == "auto":
         if own is not None and resume != "auto":
             log.info("resume=%s is where this run started; it has its own checkpoint now: continuing from %s",
@@ -163,14 +164,16 @@ def finished_results(run_dir: Path) -> list[str]:
     return held
 
 
-def check_rerun_without_checkpoint(run_dir: Path, config: Mapping[str, Any], start: str = "step 0") -> None:
+def check_rerun_without_checkpoint(run_dir: Path, config: Mapping[str, Any], start: str = "step 0",
+                                   warn: bool = True) -> None:
     """A new run in ``run_dir``, which has no checkpoint, would replace a finished run's results there.
 
     Nothing happens when ``run_dir`` holds none (:func:`finished_results`). Otherwise
     ``config`` (the new run's, resolved) is compared with the finished run's
     ``.hydra/config.yaml`` as a checkpoint's config is (:func:`check_same_experiment`).
     The same experiment is trained again, with a warning that its results will be replaced
-    (``start``: where it starts, ``step 0`` or the ``resume`` path). Another experiment, or a
+    (``start``: where it starts, ``step 0`` or the ``resume`` path; ``warn``: whether to log
+    it). Another experiment, or a
     saved config that is missing or cannot be read, raises :class:`ResumeRefused` naming the
     directory, the differing keys (at most 6) and what to do. Nothing in ``run_dir`` is
     written here.
@@ -198,18 +201,22 @@ def check_rerun_without_checkpoint(run_dir: Path, config: Mapping[str, Any], sta
         raise ResumeRefused(f"{where}, of another experiment ({SAVED_CONFIG} → now: {'; '.join(diffs[:6])}{more}): "
                             f"{todo}")
     replaced = "metrics.json" if "metrics.json" in held else "status.json"
-    log.warning("no checkpoint in %s: training this experiment there again from %s; its %s will be replaced",
-                run_dir, start, replaced)
+    if warn:
+        log.warning("no checkpoint in %s: training this experiment there again from %s; its %s will be replaced",
+                    run_dir, start, replaced)
 
 
-def check_run_length(step: int, max_steps: int, source: Path) -> None:
+def check_run_length(step: int, max_steps: int, source: Path, resume: str = "auto") -> None:
     """Raises :class:`ResumeRefused` when ``max_steps`` (the new ``trainer.max_steps``) is below
     ``step``, the steps the checkpoint at ``source`` has trained; an equal value (a requeue of
-    a finished run) is accepted."""
+    a finished run) is accepted. ``resume``: the run's setting; with a path, the run starts from
+    that checkpoint in any directory, so the message does not suggest another one."""
     if max_steps < step:
+        other = ("or choose another hydra.run.dir for a shorter run" if resume in ("auto", "never") else
+                 "or leave resume= out for a new, shorter run")
         raise ResumeRefused(f"cannot resume {source}: it has trained {step} steps, and trainer.max_steps={max_steps} "
                             f"cannot shorten it: set trainer.max_steps={step} or more to continue it, evaluate it "
-                            "with eqdeq eval, or choose another hydra.run.dir for a shorter run")
+                            f"with eqdeq eval, {other}")
 
 
 def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], source: Path, resume: str) -> None:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def _read_resume_checkpoint(cfg: DictConfig, run_dir: Path, config: dict[str, Any],
-                            device: Any) -> tuple[Path, dict[str, Any]] | None:
+                            device: Any, warn: bool = True) -> tuple[Path, dict[str, Any]] | None:
     """The checkpoint to resume from (:mod:`eqdeq_cli.runs.resume`), or ``None`` for a new run.
 
     Its saved config is not built (``cfg`` is), but it is held to the same trust as in ``eqdeq
@@ -42,14 +42,14 @@ def _read_resume_checkpoint(cfg: DictConfig, run_dir: Path, config: dict[str, An
     finished run's results is trained again only for the same experiment
     (:func:`~eqdeq_cli.runs.resume.check_rerun_without_checkpoint`).
     """
-    found = resume_checkpoint(str(cfg.resume), run_dir, device, config=config)
+    found = resume_checkpoint(str(cfg.resume), run_dir, device, config=config, warn=warn)
     if found is None:
         return None
     source, checkpoint = found
     saved = resolved_saved_config(checkpoint["config"], str(source))
     check_saved_config(saved, TrustedTargets.for_command(cfg), str(source))
     check_same_experiment(saved, config, source, str(cfg.resume))
-    check_run_length(int(checkpoint["step"]), int(cfg.trainer.max_steps), source)
+    check_run_length(int(checkpoint["step"]), int(cfg.trainer.max_steps), source, str(cfg.resume))
     return found
 
 
@@ -99,7 +99,7 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
     config = OmegaConf.to_container(cfg, resolve=True)
     log.info("run directory: %s", run_dir)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True), extra={"file_only": True})
-    found = _read_resume_checkpoint(cfg, run_dir, config, device)
+    found = _read_resume_checkpoint(cfg, run_dir, config, device, warn=dist.is_main)
     if on_accepted is not None:
         on_accepted()
 

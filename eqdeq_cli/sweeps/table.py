@@ -391,16 +391,17 @@ def _lookup(job: JobResult, key: str, choices: Callable[[JobResult], dict[str, s
     group (``grad.mode=jfb`` leaves the choice ``implicit``)."""
     if key in job.overrides:
         return job.overrides[key]
+    dotted = key.replace("/", ".")  # a nested group: trainer/optimizer is the node trainer.optimizer
     node: Any = job.config
     found = True
-    for part in key.split("."):
+    for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
             found = False
             break
         node = node[part]
-    describes = job.config.get("task") != "eval" and not any(k.startswith(f"{key}.") for k in job.overrides)
+    describes = job.config.get("task") != "eval" and not any(k.startswith(f"{dotted}.") for k in job.overrides)
     if choices is not None and describes and (not found or isinstance(node, dict)):
-        chosen = choices(job).get(key)
+        chosen = choices(job).get(dotted.replace(".", "/"))
         if chosen is not None:
             return chosen
     if not found:
