@@ -143,6 +143,24 @@ def test_signal_in_a_multirun_stops_the_sweep_and_a_rerun_finishes_it(tmp_path, 
         assert json.loads((sweep / job / "metrics.json").read_text())["steps"] == 2
 
 
+def test_a_stop_during_a_jobs_final_evaluation_is_said_and_ends_the_sweep_after_it(tmp_path, monkeypatch, cache_dir,
+                                                                                   restore_handlers, capfd):
+    sweep = tmp_path / "sweep"
+    command = ["train", "-m", *TINY, "trainer.max_steps=2", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    with monkeypatch.context() as m:
+        SignalAt(m, step=2, signum=signal.SIGTERM)  # after the last step: the test evaluation runs on
+        assert cli.main(command) == STOP_EXIT_CODE
+    err = capfd.readouterr().err
+    assert "stop requested during the test evaluation: it finishes first" in err
+    assert "the sweep ends after this job; run the same command again to continue with the next ones" in err
+    assert json.loads((sweep / "0" / "status.json").read_text())["status"] == "completed"
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["steps"] == 2
+    assert not (sweep / "1").exists()
+
+    assert cli.main(command) == 0
+    assert json.loads((sweep / "1" / "status.json").read_text())["status"] == "completed"
+
+
 # -- a real process, a real signal ---------------------------------------------------------------
 def _command(run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "eqdeq_cli.cli", "train", *TINY, "trainer.max_steps=30",

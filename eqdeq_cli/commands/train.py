@@ -42,6 +42,15 @@ def train_job(cfg: DictConfig, job: Job) -> float | None:
 
         job.finish = finish
         return None
+    if job.multirun and stop.event.is_set():  # asked to stop during the final evaluation: the sweep ends here
+        def end_sweep() -> None:
+            log.info("stop requested (%s) while %s finished: the sweep ends after this job; run the same command "
+                     "again to continue with the next ones; exit code %d", stop.signal_name or "signal", job.run_dir,
+                     STOP_EXIT_CODE)
+            stop.chain()
+            raise SystemExit(STOP_EXIT_CODE)
+
+        job.finish = end_sweep
     return monitored_value(cfg, summary)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,7 +56,7 @@ MONITOR_METRICS = (*IMAGE_METRICS, *MEASUREMENT_METRICS, "iters_mean", "residual
 @torch.no_grad()
 def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: float,
              device: torch.device, n_images: int = 8, dist: Distributed | None = None,
-             progress: bool = False, desc: str = "eval") -> EvalResult:
+             progress: bool = False, desc: str = "eval", stop_event: Any = None) -> EvalResult:
     """Evaluate ``deq`` (in eval mode, with its eval solver) on every item of ``data``.
 
     Returns means over the split of: ``psnr``, ``ssim``, ``psnr_init``, ``ssim_init``
@@ -64,6 +65,8 @@ def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: 
     and ``n`` (number of samples). ``samples`` holds ``x`` (if any), ``y``, ``x_init``,
     ``x_hat`` for the first ``n_images`` items (of rank 0's shard), on the CPU.
     ``progress``: show a progress bar over the samples (rank 0 only), titled ``desc``.
+    ``stop_event``: a stop request (Ctrl-C, a preemption signal) set while the evaluation runs
+    is said once in the log; the evaluation still finishes (a second Ctrl-C aborts it).
     """
     if data_range <= 0:
         raise ValueError(f"eval data_range must be > 0, got {data_range}")
@@ -82,8 +85,13 @@ def evaluate(deq: DEQ, data: TensorDictDataset, *, batch_size: int, data_range: 
     nonfinite = 0
     kept: dict[str, list[torch.Tensor]] = {}
     bar = progress_bar(total=len(shard), desc=desc, unit="image", enabled=progress and dist.is_main)
+    told = False
     try:
         for first in range(shard.start, shard.stop, batch_size):
+            if stop_event is not None and not told and stop_event.is_set() and dist.is_main:
+                told = True
+                log.warning("stop requested during the %s evaluation: it finishes first (Ctrl-C again aborts it "
+                            "now; the run's checkpoint is written)", desc)
             start, stop = first - shard.start, min(first + batch_size, shard.stop)  # start: index in the shard
             y = tensors["y"][first:stop].to(device)
             x_init = physics.A_dagger(y)
@@ -166,15 +174,15 @@ def evaluate_and_record(deq: DEQ, data: TensorDictDataset, settings: EvalSetting
                         run_dir: Path, split: str, step: int, stem: str | None = None, time_s: float = 0.0,
                         csv: MetricsCSV | None = None, tb: TensorBoard | None = None,
                         dist: Distributed | None = None, progress: bool = False,
-                        extra: dict[str, float] | None = None) -> EvalResult:
+                        extra: dict[str, float] | None = None, stop_event: Any = None) -> EvalResult:
     """:func:`evaluate` on ``split``, then (rank 0) the records every evaluation leaves:
     a ``metrics.csv`` row, TensorBoard scalars and reconstructions under ``split``, and
     ``images/<stem>.png`` with ``reconstructions/<stem>.h5`` (``stem`` defaults to ``split``).
     ``extra``: numbers measured elsewhere (e.g. the training's contraction estimate) added to
-    the metrics and recorded with them."""
+    the metrics and recorded with them. ``stop_event``: see :func:`evaluate`."""
     dist = dist or Distributed()
     result = evaluate(deq, data, batch_size=settings.batch_size, data_range=settings.data_range, device=device,
-                      n_images=settings.n_images, dist=dist, progress=progress, desc=split)
+                      n_images=settings.n_images, dist=dist, progress=progress, desc=split, stop_event=stop_event)
     if extra:
         result.metrics.update(extra)
     if not dist.is_main:

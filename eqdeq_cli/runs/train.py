@@ -133,7 +133,8 @@ def train(cfg: DictConfig, *, run_dir: str | Path, callbacks: Sequence[StepCallb
             return {"status": "stopped", "step": trainer.step}
         result = evaluate_and_record(comps.deq, sets["test"], es, device=device, run_dir=run_dir, split="test",
                                      step=trainer.step, time_s=trainer.train_time_s, tb=trainer.tb, dist=dist,
-                                     progress=settings.progress, extra=trainer.contraction_metrics())
+                                     progress=settings.progress, extra=trainer.contraction_metrics(),
+                                     stop_event=stop_event)
         summary = {**result.metrics, "split": "test", "step": trainer.step, "steps": trainer.step,
                    "train_time_s": round(trainer.train_time_s, 3), "best_val": trainer.best, "status": status,
                    "checkpoint": "checkpoints/last.pt"}
