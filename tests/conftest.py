@@ -60,6 +60,16 @@ def compose_cfg(cache_dir: Path):
     return _compose
 
 
+def learning_rates(opt, sched, steps: int) -> list[float]:
+    """The learning rate of ``opt``'s first group at each of ``steps`` steps of ``sched``."""
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
 class StopAt:
     """Requests a stop once the trainer has taken ``step`` steps (as a signal handler would)."""
 

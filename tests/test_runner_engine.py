@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import learning_rates
 from eqdeq_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from eqdeq_cli.engine.schedules import constant, warmup_cosine
 from eqdeq_cli.engine.rng import capture_rng_state, data_order, restore_rng_state
@@ -16,13 +17,7 @@ from eqdeq_cli.errors import CheckpointError
 
 def _lrs(make, steps):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-    sched = make(opt)
-    out = []
-    for _ in range(steps):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return learning_rates(opt, make(opt), steps)
 
 
 def test_warmup_cosine_values():

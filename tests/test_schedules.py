@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, learning_rates
 from eqdeq_cli.engine.schedules import constant, follow_horizon, warmup_cosine
 from eqdeq_cli.runs import train as run
 
@@ -29,18 +29,9 @@ def _stepped(schedule, steps: int, **options):
     return opt, sched
 
 
-def _lrs(opt, sched, steps: int) -> list[float]:
-    out = []
-    for _ in range(steps):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
-
-
 def test_warmup_cosine_gives_the_documented_multipliers():
     opt, sched = _stepped(warmup_cosine, 0, max_steps=8, warmup_steps=2, min_lr_ratio=0.1)
-    assert _lrs(opt, sched, 10) == pytest.approx([_cosine(t, 2, 8, 0.1) for t in range(10)], abs=1e-12)
+    assert learning_rates(opt, sched, 10) == pytest.approx([_cosine(t, 2, 8, 0.1) for t in range(10)], abs=1e-12)
 
 
 def test_a_loaded_schedule_follows_the_new_horizon_from_its_step_on():
@@ -51,10 +42,10 @@ def test_a_loaded_schedule_follows_the_new_horizon_from_its_step_on():
     assert sched.lr_lambdas[0].max_steps == 4  # what load_state_dict restores: the old horizon
     assert follow_horizon(sched, 8) == (4, pytest.approx(0.1), pytest.approx(_cosine(4, 1, 8, 0.1)))
     assert sched.get_last_lr() == [opt.param_groups[0]["lr"]]
-    resumed = _lrs(opt, sched, 4)
+    resumed = learning_rates(opt, sched, 4)
     assert resumed == pytest.approx([_cosine(t, 1, 8, 0.1) for t in range(4, 8)], abs=1e-12)
     fresh_opt, fresh = _stepped(warmup_cosine, 4, max_steps=8, warmup_steps=1, min_lr_ratio=0.1)
-    assert resumed == _lrs(fresh_opt, fresh, 4)  # the same floats as a run started with 8 steps
+    assert resumed == learning_rates(fresh_opt, fresh, 4)  # the same floats as a run started with 8 steps
 
 
 def test_an_unchanged_horizon_or_a_constant_schedule_is_left_untouched():
