@@ -84,3 +84,15 @@ def test_swept_keys_of_the_command_line_and_of_a_search_space(tmp_path):
         "overrides": {"task": ["seed=0,1", "trainer.max_steps=3", "model.width=range(8,17,8)"]},
         "sweeper": {"params": {"loss.terms.ei.weight": "tag(log, interval(1e-4, 1.0))", "seed": "0,1"}}}}))
     assert swept_keys(tmp_path) == ["seed", "model.width", "loss.terms.ei.weight"]
+
+
+def test_an_earlier_sweeps_record_is_kept_beside_its_jobs(tmp_path):
+    from eqdeq_cli.commands.hydra_app import keep_earlier_sweep_record
+
+    assert keep_earlier_sweep_record(tmp_path, ["seed=0,1"]) is None  # a new sweep directory
+    record = yaml.safe_dump({"hydra": {"overrides": {"task": ["seed=0,1"]}}})
+    (tmp_path / "multirun.yaml").write_text(record)
+    assert keep_earlier_sweep_record(tmp_path, ["seed=0,1"]) is None  # the same sweep again
+    kept = keep_earlier_sweep_record(tmp_path, ["seed=2,3"])
+    assert kept is not None and kept.name.startswith("multirun.") and kept.read_text() == record
+    assert not (tmp_path / "multirun.yaml").exists()  # Hydra writes the new sweep's record there

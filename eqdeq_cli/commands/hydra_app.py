@@ -379,6 +379,28 @@ def save_hydra_files(cfg: DictConfig, run_dir: Path, config_file: str = CONFIG_F
         (out / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
 
+def keep_earlier_sweep_record(sweep_dir: Path, overrides: list[str]) -> Path | None:
+    """Before a multirun into ``sweep_dir`` writes its ``multirun.yaml``, move the one an earlier
+    sweep with other command-line overrides left there to ``multirun.<its time>.yaml``, so the
+    record of that sweep stays beside its jobs; returns the new path (``None``: nothing moved,
+    the same sweep run again, or no readable earlier record)."""
+    import datetime
+
+    import yaml
+
+    path = sweep_dir / "multirun.yaml"
+    try:
+        earlier = yaml.safe_load(path.read_text(encoding="utf-8"))["hydra"]["overrides"]["task"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    if sorted(map(str, earlier or [])) == sorted(map(str, overrides)):
+        return None
+    stamp = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d_%H-%M-%S")
+    kept = sweep_dir / f"multirun.{stamp}.yaml"
+    path.replace(kept)
+    return kept
+
+
 class WritableRunDirectory(Callback):
     """Hydra callback: before Hydra creates the run (or sweep) directory and opens its log file,
     check that it can be written; if not, one line on stderr and exit 1."""
@@ -388,6 +410,7 @@ class WritableRunDirectory(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+        keep_earlier_sweep_record(Path(str(config.hydra.sweep.dir)), list(config.hydra.overrides.task))
 
     @staticmethod
     def _check(path: str, key: str) -> None:
