@@ -47,9 +47,13 @@ def test_every_combination_trains_one_step(compose_cfg, tmp_path, physics, group
     assert changed, "one optimizer step left every weight unchanged"
 
 
-def test_resume_after_interruption_gives_identical_weights(compose_cfg, tmp_path):
+@pytest.mark.parametrize("cache", [0, 16])
+def test_resume_after_interruption_gives_identical_weights(compose_cfg, tmp_path, cache):
+    """Also with the per-sample cache of fixed points, which the checkpoint carries (a resumed run
+    starts its samples where the uninterrupted one does)."""
     overrides = [*TINY, "trainer.max_steps=4", "trainer.eval_every=2", "trainer.scheduler.warmup_steps=2",
-                 "grad=implicit", "data.n_train=6"]  # 3 steps per epoch: the epoch boundary falls mid-run
+                 "grad=implicit", "data.n_train=6",  # 3 steps per epoch: the epoch boundary falls mid-run
+                 f"grad.sample_cache={cache}"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     run.train(compose_cfg(overrides), run_dir=whole)
     stopped = run.train(compose_cfg(overrides), run_dir=parts, callbacks=[StopAt(1)])

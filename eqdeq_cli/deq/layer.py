@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,8 +48,8 @@ class FixedPointCache:
     of training samples (with twice, about half of the first calls found their sample).
 
     Only the starting point changes: the solve still runs to the solver's tolerance, so the
-    fixed point is the same up to that tolerance (not bit for bit: a run resumed from a
-    checkpoint starts with an empty cache).
+    fixed point is the same up to that tolerance. The training checkpoints carry the cache
+    (:meth:`state_dict`), so a resumed run starts its samples where an uninterrupted one does.
 
     Args:
         capacity: largest number of samples kept (≥ 1); each costs one ``y_b`` and one image.
@@ -88,6 +89,21 @@ class FixedPointCache:
         for b, z in hits:
             z0[b] = z
         return z0, len(hits)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The entries, oldest first: ``{"y": [...], "z": [...]}`` (tensors on the CPU)."""
+        pairs = list(self._entries.values())
+        return {"y": [y.cpu() for y, _ in pairs], "z": [z.cpu() for _, z in pairs]}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        """Replace the entries by those of :meth:`state_dict` (the newest ``capacity`` of them),
+        on ``device``; the keys are recomputed from the stored measurements."""
+        self.clear()
+        ys, zs = list(state.get("y", [])), list(state.get("z", []))
+        if len(ys) != len(zs):
+            raise ValueError(f"a sample cache needs as many measurements as fixed points, got {len(ys)} and {len(zs)}")
+        for y, z in zip(ys, zs):
+            self.store(y.unsqueeze(0).to(device), z.unsqueeze(0).to(device))
 
     def store(self, y: torch.Tensor, z: torch.Tensor) -> None:
         """Keep ``z[b]`` as the fixed point of the sample measured by ``y[b]``."""

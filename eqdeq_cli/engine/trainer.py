@@ -148,6 +148,8 @@ class Trainer:
             "rng": capture_rng_state({"loss": self.loss_generator}), "config": self.config,
             "best": dict(self.best), "bad_steps": self.bad_steps, "train_time_s": self.train_time_s,
             "contraction": {"lipschitz": self.lipschitz, "fallbacks_total": self.fallbacks_total},
+            **({"sample_cache": self.deq.sample_cache.state_dict()}
+               if getattr(self.deq, "sample_cache", None) is not None else {}),
         }
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
@@ -158,6 +160,9 @@ class Trainer:
         Raises:
             ValueError: the model's parameter shapes differ from the checkpoint's."""
         load_model_state(self.deq, payload["model"])
+        cache = getattr(self.deq, "sample_cache", None)
+        if cache is not None and "sample_cache" in payload:  # checkpoints of older versions start it empty
+            cache.load_state_dict(payload["sample_cache"], device=self.device)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.step = int(payload["step"])
