@@ -475,3 +475,17 @@ def test_a_float32_start_is_not_rounded_to_a_half_precision_starting_image():
     fmap.init = lambda v: physics.A_dagger(v).to(torch.bfloat16)
     z0, hits = deq._start(y.float(), start)
     assert z0.dtype == torch.float32 and torch.equal(z0, start) and hits == 0
+
+
+def test_the_sample_cache_round_trips_through_its_state():
+    from eqdeq_cli.deq.layer import FixedPointCache
+
+    cache = FixedPointCache(3)
+    y, z = torch.randn(4, 1, 5, 6), torch.randn(4, 1, 8, 8)
+    cache.store(y, z)  # capacity 3: the first sample is dropped
+    again = FixedPointCache(3)
+    again.load_state_dict(cache.state_dict())
+    start, hits = again.fill(y, torch.zeros_like(z))
+    assert hits == 3 and torch.equal(start[1:], z[1:]) and torch.equal(start[0], torch.zeros_like(z[0]))
+    with pytest.raises(ValueError, match=r"^a sample cache needs as many measurements as fixed points, got 1 and 0$"):
+        again.load_state_dict({"y": [y[0]], "z": []})
