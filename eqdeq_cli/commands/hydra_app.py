@@ -105,23 +105,29 @@ def refuse_run_of_another_command(job: "Job") -> None:
                               "choose a new directory")
 
 
+def held_overrides(run_dir: Path) -> list[Any] | None:
+    """The command-line overrides of the job ``run_dir`` holds, as Hydra wrote them in
+    ``.hydra/overrides.yaml``; ``None`` when there is no such file or it cannot be read."""
+    import yaml
+
+    try:
+        held = yaml.safe_load((run_dir / HYDRA_SUBDIR / "overrides.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return held if isinstance(held, list) else None
+
+
 def other_sweep_hint(job: "Job") -> str:
     """In a multirun, the sentence added to a refusal of a job directory that holds a job with
     other overrides: job directories are numbered from 0 in every sweep, so a second sweep into
     the same ``hydra.sweep.dir`` lands on the first one's jobs. ``""`` when the held job has the
     same overrides (then the refusal's own advice holds) or outside a multirun."""
-    import yaml
-
     if not job.multirun:
         return ""
-    held = None
-    try:
-        held = yaml.safe_load((job.run_dir / HYDRA_SUBDIR / "overrides.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        pass
-    if isinstance(held, list) and sorted(map(str, held)) == sorted(job.overrides):
+    held = held_overrides(job.run_dir)
+    if held is not None and sorted(map(str, held)) == sorted(job.overrides):
         return ""
-    which = f" ({' '.join(map(str, held))})" if isinstance(held, list) and held else ""
+    which = f" ({' '.join(map(str, held))})" if held else ""
     return (f". {job.run_dir} holds another job{which} of an earlier sweep: use a new hydra.sweep.dir, or "
             "hydra.sweep.subdir='${hydra.job.override_dirname}' to name job directories by their overrides")
 
@@ -131,16 +137,13 @@ def refuse_other_evaluation(job: "Job") -> None:
     of the same command made with other overrides (``eqdeq eval ckpt=B`` into the directory of
     ``eqdeq eval ckpt=A``), whose results the job would replace. For commands whose runs are
     quick to make again and have no checkpoint to resume (eval); the same command again passes."""
-    import yaml
-
     from ..sweeps.jobs import parse_overrides
 
     if held_task(job.run_dir) != job.task:
         return
     try:
-        held = parse_overrides(yaml.safe_load((job.run_dir / HYDRA_SUBDIR / "overrides.yaml").read_text(
-            encoding="utf-8")))
-    except (OSError, yaml.YAMLError, ValueError):
+        held = parse_overrides(held_overrides(job.run_dir))
+    except ValueError:  # no readable overrides.yaml
         return
     if held == parse_overrides(list(job.overrides)):
         return
@@ -181,14 +184,11 @@ def refuse_job_of_another_sweep(job: "Job", sweep_dir: Path) -> None:
     may change on resume (``trainer.max_steps=2,3`` then ``3,4``) would otherwise continue
     the other job's run and replace its results. The same sweep run again (with, say, a longer
     ``trainer.max_steps`` for every job) passes."""
-    import yaml
-
     from ..sweeps.jobs import parse_overrides
 
     try:
-        held_list = yaml.safe_load((job.run_dir / HYDRA_SUBDIR / "overrides.yaml").read_text(encoding="utf-8"))
-        held = parse_overrides(held_list)
-    except (OSError, yaml.YAMLError, ValueError):
+        held = parse_overrides(held_overrides(job.run_dir))
+    except ValueError:  # no readable overrides.yaml
         return
     now = parse_overrides(list(job.overrides))
     changed = [k for k in swept_keys(sweep_dir) if held.get(k) != now.get(k)]
