@@ -196,10 +196,7 @@ def check_rerun_without_checkpoint(run_dir: Path, config: Mapping[str, Any], sta
         raise ResumeRefused(f"{where}, and its {saved_file} cannot be read ({reason}): {todo}") from exc
     found = _differences(resolve_auto(saved), resolve_auto(config))
     if found:
-        diffs = [_describe(d) for d in found]
-        more = f" and {len(diffs) - 6} more" if len(diffs) > 6 else ""
-        raise ResumeRefused(f"{where}, of another experiment ({SAVED_CONFIG} → now: {'; '.join(diffs[:6])}{more}): "
-                            f"{todo}")
+        raise ResumeRefused(f"{where}, of another experiment ({SAVED_CONFIG} → now: {_listed(found)}): {todo}")
     replaced = "metrics.json" if "metrics.json" in held else "status.json"
     if warn:
         log.warning("no checkpoint in %s: training this experiment there again from %s; its %s will be replaced",
@@ -226,8 +223,6 @@ def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], s
     found = _differences(resolve_auto(saved), resolve_auto(config))
     if not found:
         return
-    diffs = [_describe(d) for d in found]
-    more = f" and {len(diffs) - 6} more" if len(diffs) > 6 else ""
     if resume == "auto":
         restore = restoring_overrides(found)
         todo = ("run the same command as the run did (its .hydra/overrides.yaml) to continue it, or choose "
@@ -239,7 +234,7 @@ def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], s
         todo = (f"resume={resume} continues that run's experiment; start a new experiment without resume=, "
                 "or in another hydra.run.dir")
     raise ResumeRefused(f"cannot resume {source}: it was trained with other settings (checkpoint → now: "
-                        f"{'; '.join(diffs[:6])}{more}): {todo}. Only run length, device, logging and "
+                        f"{_listed(found)}): {todo}. Only run length, device, logging and "
                         "checkpoint cadence may change on resume (see README, Resuming)")
 
 
@@ -335,6 +330,13 @@ def _differences(saved: Any, new: Any, path: str = "") -> list[tuple[str, Any, A
     if _same_value(saved, new):
         return []
     return [(path, saved, new)]
+
+
+def _listed(found: list[tuple[str, Any, Any]], most: int = 6) -> str:
+    """The first ``most`` differences described, ``"; "``-separated, and how many more there are."""
+    diffs = [_describe(d) for d in found]
+    more = f" and {len(diffs) - most} more" if len(diffs) > most else ""
+    return "; ".join(diffs[:most]) + more
 
 
 def _describe(diff: tuple[str, Any, Any]) -> str:
