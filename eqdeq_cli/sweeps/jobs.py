@@ -108,7 +108,7 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
             errors.insert(0, str(marker.get("error") or "failed (no error message)"))
 
     metrics: dict[str, float] = {}
-    raw: Any = {}
+    step: int | None = None  # the step of metrics.json
     time_cap = None
     metrics_file = job_dir / "metrics.json"
     if not metrics_file.is_file():
@@ -122,20 +122,20 @@ def read_job(job_dir: Path, root: Path) -> JobResult:
             raw = json.loads(metrics_file.read_text())
             metrics = flatten_metrics(raw)
             time_cap = raw.get("time_cap") if isinstance(raw.get("time_cap"), str) else None
+            found = raw.get("step")
+            step = found if isinstance(found, int) and not isinstance(found, bool) else None
         except (json.JSONDecodeError, ValueError) as exc:
             status = "failed"
             errors.append(f"unreadable metrics.json: {exc}")
         if status == "ok" and status_file.is_file() and run_status != "completed":
             # claimed again (trained further, a longer rerun) and not finished: the metrics
             # are of the earlier model, not of the settings now in .hydra/overrides.yaml
-            step = raw.get("step")
-            at = f" at step {step}" if isinstance(step, int) and not isinstance(step, bool) else ""
+            at = f" at step {step}" if step is not None else ""
             errors.insert(0, f"incomplete: status {run_status!r} (metrics.json is from an earlier completion{at}"
                              f"{_stale_note(job_dir, run_status)})")
             status = "incomplete"
     if status == "ok":
-        step = raw.get("step")
-        metrics.update(read_analysis_summary(job_dir, step=step if isinstance(step, int) else None))
+        metrics.update(read_analysis_summary(job_dir, step=step))
     if status != "ok":
         log.info("job %s failed: %s", rel, "; ".join(errors))
     return JobResult(
