@@ -89,3 +89,68 @@ def test_a_resume_with_the_same_max_steps_logs_no_horizon_change(compose_cfg, tm
     with caplog.at_level(logging.INFO, logger="eqdeq_cli"):
         assert run.train(command, run_dir=tmp_path)["steps"] == 4
     assert "resumed from" in caplog.text and "LR schedule horizon" not in caplog.text
+
+
+# The training solve's tolerance schedule (trainer.forward_tol_start).
+
+def test_the_tolerance_falls_geometrically_to_the_solvers_then_stays():
+    from eqdeq_cli.engine.schedules import tolerance_at
+
+    tols = [tolerance_at(t, max_steps=8, start=1e-2, end=1e-4, ramp=0.5) for t in range(9)]
+    assert tols[:5] == pytest.approx([1e-2, 10 ** -2.5, 1e-3, 10 ** -3.5, 1e-4], rel=1e-12)
+    assert tols[5:] == pytest.approx([1e-4] * 4, rel=1e-12)
+    assert all(a > b for a, b in zip(tols[:5], tols[1:5]))
+    with pytest.raises(ValueError, match=r"^trainer.forward_tol_ramp must be a real number in \(0.0, 1.0\], got 1.5$"):
+        tolerance_at(0, max_steps=8, start=1e-2, end=1e-4, ramp=1.5)
+
+
+def test_the_solvers_tolerance_is_read_from_its_config_node_or_signature():
+    import functools
+
+    from eqdeq_cli.deq.solvers import anderson_solve
+    from eqdeq_cli.engine.trainer import solver_tolerance
+
+    assert solver_tolerance(functools.partial(anderson_solve, max_iter=5, tol=3e-4)) == 3e-4
+    assert solver_tolerance(functools.partial(anderson_solve, max_iter=5)) == 1e-4  # its default
+    with pytest.raises(ValueError, match=r"^trainer.forward_tol_start needs a forward solver with a tol option "
+                                         r"\(solver.forward\), got <lambda>$"):
+        solver_tolerance(lambda f, z0: (z0, None))
+
+
+class _RecordTolerance:
+    """The forward solver's tolerance at each step (read after the step, from the DEQ)."""
+
+    def __init__(self) -> None:
+        self.tol: list[float] = []
+
+    def __call__(self, trainer) -> None:
+        self.tol.append(trainer.deq.forward_solver.keywords["tol"])
+
+
+def test_training_solves_follow_the_schedule_and_a_resumed_run_repeats_it(compose_cfg, tmp_path):
+    from conftest import StopAt
+
+    from eqdeq_cli.engine.schedules import tolerance_at
+
+    base = [*TINY, "trainer.max_steps=4", "trainer.checkpoint_every=1", "trainer.log_every=1",
+            "trainer.forward_tol_start=1e-2", "trainer.forward_tol_ramp=0.5", "solver.forward.tol=1e-4"]
+    fresh = _RecordTolerance()
+    run.train(compose_cfg(base), run_dir=tmp_path / "fresh", callbacks=[fresh])
+    expected = [tolerance_at(t, max_steps=4, start=1e-2, end=1e-4, ramp=0.5) for t in range(4)]
+    assert fresh.tol == pytest.approx(expected, rel=1e-12) and expected[0] == pytest.approx(1e-2)
+    assert expected[2:] == pytest.approx([1e-4, 1e-4])
+    resumed = _RecordTolerance()
+    assert run.train(compose_cfg(base), run_dir=tmp_path / "resumed", callbacks=[StopAt(1)])["status"] == "stopped"
+    run.train(compose_cfg(base), run_dir=tmp_path / "resumed", callbacks=[resumed])
+    assert resumed.tol == fresh.tol[1:]
+    a = torch.load(tmp_path / "fresh" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_tolerance_schedule_needs_a_positive_solver_tolerance(compose_cfg, tmp_path):
+    cfg = compose_cfg([*TINY, "trainer.max_steps=2", "trainer.forward_tol_start=1e-2", "solver.forward.tol=0"])
+    with pytest.raises(ValueError, match=r"^trainer.forward_tol_start falls to solver.forward.tol, which must then "
+                                         r"be > 0, got 0.0$"):
+        run.train(cfg, run_dir=tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

@@ -94,3 +94,22 @@ def follow_horizon(scheduler: LambdaLR, max_steps: int) -> tuple[int, float, flo
         group["lr"] = base * f(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() returns
     return int(old), before, float(groups[0]["lr"])
+
+
+def tolerance_at(step: int, *, max_steps: int, start: float, end: float, ramp: float) -> float:
+    r"""The training forward solve's tolerance at ``step`` (0-based) of a ``max_steps`` run.
+
+    Geometric interpolation from ``start`` at step 0 to ``end`` at step ``ramp × max_steps``,
+    then ``end``: :math:`\mathrm{tol}_t = \mathrm{start}^{1-p}\,\mathrm{end}^{p}`,
+    :math:`p = \min(1, t / (\mathrm{ramp}\,N))`. Early steps, whose map changes quickly,
+    stop their solves sooner; the network trains at its fixed point to ``end`` for the last
+    ``(1 − ramp)`` of the run. A function of the step and the current horizon only, so a
+    resumed run follows the same tolerances (a changed ``max_steps`` rescales the ramp, as
+    :func:`follow_horizon` does the learning rate).
+
+    Raises ``ValueError`` unless ``start`` and ``end`` are > 0 and ``ramp`` is in (0, 1]."""
+    check_real("trainer.forward_tol_start", start, low=0.0)
+    check_real("solver.forward.tol", end, low=0.0)
+    check_real("trainer.forward_tol_ramp", ramp, low=0.0, high=1.0)
+    progress = min(1.0, step / max(1.0, ramp * max_steps))
+    return float(math.exp((1.0 - progress) * math.log(start) + progress * math.log(end)))

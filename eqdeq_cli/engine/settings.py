@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..utils.checks import check_real
 from .optim_config import check_optimizer_and_scheduler
 
 
@@ -68,6 +69,11 @@ class TrainerSettings:
         contraction_every: steps between estimates of ``‖∂T/∂z‖₂`` at the fixed point of the
             step's batch (0: never); logged as ``lipschitz``, with a warning when ≥ 1.
         contraction_iters: power iterations of that estimate (each one JVP and one VJP).
+        forward_tol_start: the training forward solve's tolerance at step 0 (relative residual;
+            ``None``: the solver's own ``tol`` throughout). It falls geometrically to the
+            solver's ``tol`` over the first ``forward_tol_ramp`` of ``max_steps``
+            (:func:`~eqdeq_cli.engine.schedules.tolerance_at`); logged as ``forward_tol``.
+        forward_tol_ramp: the share of ``max_steps``, in (0, 1], over which it falls.
     """
 
     device: str = "auto"
@@ -90,6 +96,8 @@ class TrainerSettings:
     tensorboard: bool = True
     contraction_every: int = 50
     contraction_iters: int = 10
+    forward_tol_start: float | None = None
+    forward_tol_ramp: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "max_bad_steps"):
@@ -100,6 +108,9 @@ class TrainerSettings:
         for name in ("log_every", "eval_every", "checkpoint_every", "grad_clip", "contraction_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+        if self.forward_tol_start is not None:
+            check_real("trainer.forward_tol_start", self.forward_tol_start, low=0.0)
+        check_real("trainer.forward_tol_ramp", self.forward_tol_ramp, low=0.0, high=1.0)
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"trainer.max_minutes must be > 0 or null, got {self.max_minutes}")
         from .evaluate import MONITOR_METRICS  # here: evaluate imports this module

@@ -17,6 +17,8 @@ TensorBoard and images; evaluation is sharded and reduced over ranks.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import math
 import threading
@@ -39,7 +41,7 @@ from .metrics import PSNR_CAP_DB, compared_images, psnr
 from .optim_config import build_optimizer, build_scheduler
 from .rng import capture_rng_state, data_order, restore_rng_state
 from .settings import EvalSettings, TrainerSettings
-from .schedules import follow_horizon
+from .schedules import follow_horizon, tolerance_at
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,26 @@ CONTRACTION_WARNING = 0.99
 
 class StepCallback(Protocol):
     def __call__(self, trainer: "Trainer") -> None: ...
+
+
+def solver_tolerance(solver: Callable[..., Any]) -> float:
+    """The ``tol`` a solver runs with: its bound keyword, else its signature's default.
+
+    Raises ``ValueError`` for a solver without a ``tol`` keyword (a tolerance schedule,
+    ``trainer.forward_tol_start``, needs one)."""
+    func, bound = solver, {}
+    if isinstance(solver, functools.partial):
+        func, bound = solver.func, solver.keywords
+    if "tol" in bound:
+        return float(bound["tol"])
+    try:
+        param = inspect.signature(func).parameters.get("tol")
+    except (TypeError, ValueError):
+        param = None
+    if param is None or param.default is inspect.Parameter.empty:
+        raise ValueError("trainer.forward_tol_start needs a forward solver with a tol option "
+                         f"(solver.forward), got {getattr(func, '__name__', type(func).__name__)}")
+    return float(param.default)
 
 
 class _RecordFirstOutput:
@@ -128,6 +150,12 @@ class Trainer:
         self.bad_steps = 0
         self.train_time_s = 0.0
         self.time_capped = False  # fit() ended at trainer.max_minutes before max_steps
+        self.forward_solver, self.forward_tol = deq.forward_solver, None
+        if settings.forward_tol_start is not None:
+            self.forward_tol = solver_tolerance(deq.forward_solver)
+            if not self.forward_tol > 0:
+                raise ValueError(f"trainer.forward_tol_start falls to solver.forward.tol, which must then be > 0, "
+                                 f"got {self.forward_tol}")
         self.best: dict[str, float | int | None] = {"value": None, "step": None}
         self.lipschitz: float | None = None  # the latest contraction estimate (measure_contraction)
         self.fallbacks_total = 0
@@ -220,6 +248,7 @@ class Trainer:
         y = self.train_data.tensors["y"][idx].to(self.device)
         x = self.train_data.tensors["x"][idx].to(self.device) if "x" in self.train_data.tensors else None
         f = _RecordFirstOutput(self.deq)
+        tol = self._set_forward_tolerance()
         self.deq.pop_stats()
         self.deq.pop_equilibria()
         self.optimizer.zero_grad(set_to_none=True)
@@ -262,12 +291,25 @@ class Trainer:
             a, b = compared_images(f.first.float(), x, r, complex_images=self.physics.complex_images)
             out["psnr"] = float(psnr(a, b, r, max_db=PSNR_CAP_DB).mean())
         out["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        if tol is not None:
+            out["forward_tol"] = tol
         step_size = getattr(self.deq.fmap, "step", None)
         if isinstance(step_size, torch.Tensor):
             out["gamma"] = float(step_size.detach())
         self.scheduler.step()
         self.step += 1
         return out
+
+    def _set_forward_tolerance(self) -> float | None:
+        """Give the DEQ's training solve this step's tolerance (``trainer.forward_tol_start``);
+        returns it, or ``None`` when the solver's own tolerance holds throughout."""
+        s = self.settings
+        if s.forward_tol_start is None:
+            return None
+        tol = tolerance_at(self.step, max_steps=s.max_steps, start=s.forward_tol_start, end=self.forward_tol,
+                           ramp=s.forward_tol_ramp)
+        self.deq.forward_solver = functools.partial(self.forward_solver, tol=tol)
+        return tol
 
     def _regularize(self, total: torch.Tensor, terms: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
         """``total + weight × R`` with ``R`` the regulariser at this step's fixed points; ``terms``

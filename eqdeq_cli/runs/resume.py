@@ -66,6 +66,8 @@ ADDED_KEYS: dict[str, Any] = {
     "map.preconditioner": "none",
     "loss.terms.mc.preconditioner": "none",
     "data.kind": "ellipses",
+    "trainer.forward_tol_start": None,
+    "trainer.forward_tol_ramp": 0.5,
 }
 #: Keys of :data:`ADDED_KEYS` that only nodes of one class have (the parent node's ``_target_``).
 ADDED_KEY_CLASSES: dict[str, str] = {"data.kind": "eqdeq_cli.data.PhantomData"}
