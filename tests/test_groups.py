@@ -20,7 +20,7 @@ EXACT_GROUPS = {
     "reflections_h": lambda: Reflections(axes="horizontal"),
     "reflections_v": lambda: Reflections(axes="vertical"),
     "rot90": lambda: Rotations(exact=True),
-    "rot90_half": lambda: Rotations(max_angle=90, exact=True),
+    "rot90_all": lambda: Rotations(exact=True, turns=[0, 1, 2, 3]),
 }
 
 
@@ -113,8 +113,29 @@ def test_exact_rotations_match_rot90_and_continuous_rotations_agree():
         assert torch.equal(exact[b], torch.rot90(x[b], int(k[b]), dims=(-2, -1)))
     continuous = Rotations().apply(x, 90.0 * k.double())
     torch.testing.assert_close(continuous, exact, atol=1e-12, rtol=0)
-    assert set(Rotations(exact=True).sample(400, generator=gen(0)).tolist()) == {0, 1, 2, 3}
-    assert set(Rotations(max_angle=90, exact=True).sample(400, generator=gen(0)).tolist()) == {0, 1, 3}
+    assert set(Rotations(exact=True, turns=[0, 1, 2, 3]).sample(400, generator=gen(0)).tolist()) == {0, 1, 2, 3}
+    assert set(Rotations(exact=True, turns=(2, 0)).sample(400, generator=gen(0)).tolist()) == {0, 2}
+
+
+def test_exact_rotations_draw_the_turns_by_plus_and_minus_90_degrees_by_default():
+    draws = Rotations(exact=True).sample(4000, generator=gen(0))
+    assert set(draws.tolist()) == {1, 3}
+    assert abs(float((draws == 1).double().mean()) - 0.5) < 0.03
+    assert "turns=[1, 3]" in repr(Rotations(exact=True))
+
+
+@pytest.mark.parametrize("turns", [[], [4], [1, 1], [-1], ["1"], [True], 1, "13"])
+def test_turns_other_than_distinct_quarter_turns_are_refused(turns):
+    with pytest.raises(ValueError, match=r"^Rotations: turns must be distinct quarter turns from 0, 1, 2, 3 "
+                                         r"\(multiples of 90°\), got "):
+        Rotations(exact=True, turns=turns)
+
+
+def test_turns_with_continuous_angles_are_refused():
+    with pytest.raises(ValueError, match=r"^Rotations: turns chooses among exact quarter turns \(group.exact=true\); "
+                                         r"continuous angles \(group.exact=false\) are drawn from "
+                                         r"\[-max_angle, max_angle\]: leave turns at null$"):
+        Rotations(exact=False, turns=[1, 3])
 
 
 @pytest.mark.parametrize("size", [(33, 33), (32, 40)])
@@ -234,3 +255,13 @@ def test_group_elements_move_to_the_image_device():
     g = Rotations().sample(3, generator=gen(0), device="meta")
     assert g.device.type == "meta"
     assert math.isfinite(float(Rotations().sample(1, generator=gen(0))[0]))
+
+
+def test_the_rotation_config_draws_plus_and_minus_90_degrees_and_takes_turns_from_the_command(compose_cfg):
+    from hydra.utils import instantiate
+
+    assert set(instantiate(compose_cfg([]).group).sample(400, generator=gen(0)).tolist()) == {1, 3}
+    chosen = instantiate(compose_cfg(["group.turns=[0,1,2,3]"]).group)
+    assert set(chosen.sample(400, generator=gen(0)).tolist()) == {0, 1, 2, 3}
+    continuous = instantiate(compose_cfg(["group.exact=false"]).group)
+    assert continuous.sample(3, generator=gen(0)).is_floating_point()

@@ -89,18 +89,18 @@ def test_a_run_whose_default_changed_since_is_told_the_override_that_continues_i
                                   "padding": "zeros"},
              "regularizer": {"_target_": "eqdeq_cli.deq.SpectralPenalty", "weight": 1.0}, "note": None}
     now = {"seed": 0, "group": {"_target_": "eqdeq_cli.groups.Rotations", "max_angle": 180.0, "exact": True,
-                                "padding": "zeros", "interpolation": "bilinear"},
+                                "padding": "zeros", "interpolation": "bilinear", "turns": None},
            "regularizer": {"_target_": "eqdeq_cli.deq.SpectralPenalty", "weight": 1.0}, "note": None}
     source = tmp_path / "last.pt"
     with pytest.raises(ResumeRefused) as err:
         check_same_experiment(saved, now, source, "auto")
-    assert ("checkpoint → now: group.exact: false → true): to continue it as it was trained, add group.exact=false "
-            "to the command") in str(err.value)
+    assert ("checkpoint → now: group.exact: false → true; group.turns: null → [1, 3]): to continue it as it was "
+            "trained, add group.exact=false group.turns=null to the command") in str(err.value)
     now["note"], now["seed"] = "x", 3
-    with pytest.raises(ResumeRefused, match="add seed=0 group.exact=false note=null to the command"):
+    with pytest.raises(ResumeRefused, match="add seed=0 group.exact=false group.turns=null note=null to the command"):
         check_same_experiment(saved, now, source, "auto")
     saved["note"] = "two words"
-    with pytest.raises(ResumeRefused, match="add seed=0 group.exact=false note='two words' to the command"):
+    with pytest.raises(ResumeRefused, match="add seed=0 group.exact=false group.turns=null note='two words' to the command"):
         check_same_experiment(saved, now, source, "auto")
     # no single override restores a changed class or a removed node: the general advice
     now["regularizer"] = None
@@ -268,3 +268,22 @@ def test_load_model_state_names_the_mismatched_parameters_and_loads_nothing(comp
         load_model_state(wide, model_state(small))
     assert "\n" not in str(err.value)
     assert all(torch.equal(v, before[k]) for k, v in wide.state_dict().items())
+
+
+def test_a_run_from_before_turns_resumes_with_the_turns_it_drew(tmp_path):
+    rotations = {"_target_": "eqdeq_cli.groups.Rotations", "max_angle": 180.0, "padding": "zeros",
+                 "interpolation": "bilinear"}
+    now = {"seed": 0, "group": {**rotations, "exact": True, "turns": None}}
+    before = {"seed": 0, "group": {**rotations, "exact": True}}  # drew all four quarter turns
+    with pytest.raises(ResumeRefused) as err:
+        check_same_experiment(before, now, tmp_path / "last.pt", "auto")
+    assert ("(checkpoint → now: group.turns: [0, 1, 2, 3] → [1, 3]): to continue it as it was trained, add "
+            "group.turns=[0,1,2,3] to the command") in str(err.value)
+    check_same_experiment(before, {"seed": 0, "group": {**rotations, "exact": True, "turns": [3, 0, 2, 1]}},
+                          tmp_path / "last.pt", "auto")
+    # null and its meaning compare equal; a continuous-angle run from before resumes unchanged
+    check_same_experiment({"seed": 0, "group": {**rotations, "exact": True, "turns": [1, 3]}}, now,
+                          tmp_path / "last.pt", "auto")
+    continuous = {"seed": 0, "group": {**rotations, "exact": False}}
+    check_same_experiment(continuous, {"seed": 0, "group": {**rotations, "exact": False, "turns": None}},
+                          tmp_path / "last.pt", "auto")

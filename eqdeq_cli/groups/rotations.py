@@ -12,6 +12,26 @@ _PADDING = ("zeros", "border", "reflection")
 _INTERPOLATION = ("bilinear", "fourier")
 
 
+#: The quarter turns exact rotations draw by default: ±90° (see :class:`Rotations`).
+DEFAULT_TURNS = (1, 3)
+
+
+def _check_turns(turns: object, exact: bool) -> tuple[int, ...] | None:
+    """``turns`` as a sorted tuple (``None`` kept); ``ValueError`` unless distinct values in
+    ``{0, 1, 2, 3}`` given in exact mode."""
+    if turns is None:
+        return None
+    values = None if isinstance(turns, (str, bytes)) or not hasattr(turns, "__iter__") else list(turns)
+    if not values or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 3 for k in values) \
+            or len(set(values)) != len(values):
+        raise ValueError(f"Rotations: turns must be distinct quarter turns from 0, 1, 2, 3 (multiples of 90°), "
+                         f"got {turns!r}")
+    if not exact:
+        raise ValueError("Rotations: turns chooses among exact quarter turns (group.exact=true); continuous angles "
+                         "(group.exact=false) are drawn from [-max_angle, max_angle]: leave turns at null")
+    return tuple(sorted(values))
+
+
 class Rotations(Group):
     r"""Rotations about the image centre, one element per sample.
 
@@ -37,8 +57,14 @@ class Rotations(Group):
     Non-square images are rotated in pixel units (the aspect ratio is kept).
 
     Exact mode (``exact=True``): ``g`` is a ``(B,)`` int64 tensor of quarter turns ``k``
-    (``torch.rot90`` by ``k``), uniform over the distinct multiples of 90° with
-    ``|90 k| ≤ max_angle``; exactly invertible; square images only.
+    (``torch.rot90`` by ``k``), uniform over ``turns``; exactly invertible; square images
+    only. By default ``turns`` is ``(1, 3)``, the turns by ±90°: the identity teaches an EI
+    loss nothing (``x₂ = x₁``), and neither does the half turn on parallel-beam CT, whose
+    views at ``θ`` and ``θ + 180°`` measure the same line integrals, so that ``A`` is
+    equivariant to it. Drawing only ±90° gives every sample of a batch a transform that
+    moves what ``A`` measures (a CT scan of an odd number of views onto the angles half-way
+    between its own; a Cartesian mask's sampled columns onto rows). ``turns=(0, 1, 2, 3)``
+    draws all four, as versions before this option did with ``max_angle=180``.
 
     Both modes rotate in the same direction: a continuous rotation by ``90 k`` degrees of a
     square image equals ``torch.rot90(x, k, dims=(-2, -1))`` up to rounding.
@@ -48,15 +74,19 @@ class Rotations(Group):
         exact: restrict to multiples of 90°.
         padding: ``grid_sample`` padding outside the image: zeros, border or reflection.
         interpolation: resampling of continuous angles: bilinear or fourier.
+        turns: the quarter turns drawn in exact mode, as multiples ``k`` of 90°
+            counter-clockwise, distinct values in ``{0, 1, 2, 3}``; ``None``: ``(1, 3)``.
+            Continuous mode takes ``None`` only.
 
     Raises:
         ValueError: an angle outside ``(0, 180]``, an unknown padding or interpolation,
-            ``interpolation="fourier"`` with a padding other than zeros; when applied,
+            ``interpolation="fourier"`` with a padding other than zeros, ``turns`` that are
+            not distinct values in ``{0, 1, 2, 3}`` or that are given in continuous mode; when applied,
             non-square images in exact or Fourier mode, or elements of the other mode.
     """
 
     def __init__(self, *, max_angle: float = 180.0, exact: bool = False, padding: str = "zeros",
-                 interpolation: str = "bilinear") -> None:
+                 interpolation: str = "bilinear", turns: list[int] | tuple[int, ...] | None = None) -> None:
         if not (isinstance(max_angle, (int, float)) and 0 < max_angle <= 180):
             raise ValueError(f"Rotations: max_angle must be a number of degrees in (0, 180], got {max_angle!r}")
         if exact and max_angle < 90:
@@ -72,8 +102,8 @@ class Rotations(Group):
         self.exact = bool(exact)
         self.padding = padding
         self.interpolation = interpolation
-        # Distinct quarter turns k mod 4 with |90 k| ≤ max_angle.
-        self._quarters = sorted({k % 4 for k in range(-2, 3) if abs(90 * k) <= self.max_angle})
+        self.turns = _check_turns(turns, exact)
+        self._quarters = list(self.turns) if self.turns is not None else list(DEFAULT_TURNS)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None,
@@ -120,7 +150,7 @@ class Rotations(Group):
 
     def __repr__(self) -> str:
         return (f"Rotations(max_angle={self.max_angle}, exact={self.exact}, padding={self.padding!r}, "
-                f"interpolation={self.interpolation!r})")
+                f"interpolation={self.interpolation!r}" + (f", turns={self._quarters}" if self.exact else "") + ")")
 
 
 def _angles(degrees: torch.Tensor) -> torch.Tensor:

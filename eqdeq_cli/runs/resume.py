@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 from ..engine.checkpoint import load_checkpoint, resolve_checkpoint_path
 from ..errors import CheckpointError, UserError
+from ..groups.rotations import DEFAULT_TURNS
 from ..physics.base import resolve_preconditioner
 from .status import read_status
 
@@ -251,11 +252,39 @@ def config_differences(saved: Any, new: Any) -> list[str]:
 AUTO_PRECONDITIONER_KEYS = (("map", "preconditioner"), ("loss", "terms", "mc", "preconditioner"))
 
 
+ROTATIONS = "eqdeq_cli.groups.Rotations"
+
+
+def resolve_turns(config: Any) -> Any:
+    """``config`` with an exact rotation group's ``turns`` replaced by the quarter turns it draws,
+    a sorted list (``null``: ±90°; missing, in a config written before the key existed: every
+    multiple of 90° within ``max_angle``, as those versions drew), and a continuous one's by
+    ``null``; other configs as they are. So a run from before ``turns`` resumes only with the
+    turns it drew (``group.turns=[0,1,2,3]``), and a continuous-angle run resumes unchanged."""
+    group = config.get("group") if isinstance(config, Mapping) else None
+    if not isinstance(group, Mapping) or group.get("_target_") not in (ROTATIONS, "eqdeq_cli.groups.rotations.Rotations"):
+        return config
+    out = copy.deepcopy(dict(config))
+    node = out["group"] = dict(out["group"])
+    if not node.get("exact", False):
+        node["turns"] = None
+    elif "turns" not in node:
+        max_angle = float(node.get("max_angle", 180.0))
+        node["turns"] = sorted({k % 4 for k in range(-2, 3) if abs(90 * k) <= max_angle})
+    elif node["turns"] is None:
+        node["turns"] = list(DEFAULT_TURNS)
+    elif isinstance(node["turns"], (list, tuple)):
+        node["turns"] = sorted(node["turns"])
+    return out
+
+
 def resolve_auto(config: Any) -> Any:
     """``config`` with each ``auto`` of :data:`AUTO_PRECONDITIONER_KEYS` replaced by what it means
     under the config's physics (``ramp`` or ``none``), so that ``auto`` and its meaning compare
-    equal (an MRI run from before the key existed resumes under ``auto``). A config without a
-    physics class that can be imported is returned as it is."""
+    equal (an MRI run from before the key existed resumes under ``auto``), and the rotation
+    group's turns resolved (:func:`resolve_turns`). A config without a physics class that can
+    be imported keeps its ``auto`` values."""
+    config = resolve_turns(config)
     if not isinstance(config, Mapping):
         return config
     physics = config.get("physics")
@@ -288,13 +317,19 @@ def restoring_overrides(found: list[tuple[str, Any, Any]]) -> list[str]:
         if saved is _ABSENT and path in ADDED_KEYS:
             saved = ADDED_KEYS[path]
         if path.endswith("._target_") or saved is _ABSENT or new is _ABSENT \
-                or not all(v is None or isinstance(v, (bool, int, float, str)) for v in (saved, new)):
+                or not all(_plain(v) or isinstance(v, list) and all(map(_plain, v)) for v in (saved, new)):
             return []
         out.append(f"{path}={_override_value(saved)}")
     return out
 
 
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def _override_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
     if value is None or isinstance(value, bool):
         return json.dumps(value)
     if isinstance(value, str) and not re.fullmatch(r"[\w./:-]+", value):
