@@ -18,9 +18,10 @@ Settings (``--settings``, default: all):
   fixed point);
 * ``cache+bwd5``: the cache with a backward solve of at most 5 iterations
   (``solver.backward.max_iter=5``; 10 by default);
-* ``cache+bwd5+tol``: ``cache+bwd5`` with a training tolerance that falls from 1e-2 at step 0
-  to the solver's 1e-4 over the first half of the run (``trainer.forward_tol_start=1e-2``);
-* ``tolramp``: that tolerance schedule alone;
+* ``cache+bwd5+tol``: ``cache+bwd5`` with a training tolerance that falls from 1e-3 at step 0
+  to the solver's 1e-4 over the first half of the run (``trainer.forward_tol_start=1e-3``);
+* ``tolramp``: a tolerance falling from 1e-2 over the first half, alone
+  (``trainer.forward_tol_start=1e-2``);
 * ``cache+warm``: also ``grad.warm_start=true`` (the EI loss's second call starts from the
   first call's solution);
 * ``tol1e-3``: the training solve stops at a relative residual of 1e-3 instead of 1e-4
@@ -56,7 +57,7 @@ SETTINGS = {
     "cache": ["grad.sample_cache=1024"],
     "cache+bwd5": ["grad.sample_cache=1024", "solver.backward.max_iter=5"],
     "cache+warm": ["grad.sample_cache=1024", "grad.warm_start=true"],
-    "cache+bwd5+tol": ["grad.sample_cache=1024", "solver.backward.max_iter=5", "trainer.forward_tol_start=1e-2"],
+    "cache+bwd5+tol": ["grad.sample_cache=1024", "solver.backward.max_iter=5", "trainer.forward_tol_start=1e-3"],
     "tolramp": ["trainer.forward_tol_start=1e-2"],
     "tol1e-3": ["solver.forward.tol=1e-3"],
     "tol1e-3+cache": ["solver.forward.tol=1e-3", "grad.sample_cache=1024"],
