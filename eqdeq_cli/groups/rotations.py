@@ -59,9 +59,11 @@ class Rotations(Group):
     Exact mode (``exact=True``): ``g`` is a ``(B,)`` int64 tensor of quarter turns ``k``
     (``torch.rot90`` by ``k``), uniform over ``turns``; exactly invertible; square images
     only. By default ``turns`` is ``(1, 3)``, the turns by ±90°: the identity teaches an EI
-    loss nothing (``x₂ = x₁``), and neither does the half turn on parallel-beam CT, whose
-    views at ``θ`` and ``θ + 180°`` measure the same line integrals, so that ``A`` is
-    equivariant to it. Drawing only ±90° gives every sample of a batch a transform that
+    loss nothing (``x₂ = x₁``), and neither does the half turn on the built-in operators
+    (parallel-beam CT, whose views at ``θ`` and ``θ + 180°`` measure the same line
+    integrals, and the default Cartesian MRI mask: a half-turned nullspace image stays
+    unseen, :func:`~eqdeq_cli.analysis.identifiability.identifiability` gives it ``ρ`` at
+    the leakage level). Drawing only ±90° gives every sample of a batch a transform that
     moves what ``A`` measures (a CT scan of an odd number of views onto the angles half-way
     between its own; a Cartesian mask's sampled columns onto rows). ``turns=(0, 1, 2, 3)``
     draws all four, as versions before this option did with ``max_angle=180``.
@@ -70,7 +72,8 @@ class Rotations(Group):
     square image equals ``torch.rot90(x, k, dims=(-2, -1))`` up to rounding.
 
     Args:
-        max_angle: largest angle in degrees, in ``(0, 180]`` (``≥ 90`` when exact).
+        max_angle: largest angle in degrees, in ``(0, 180]``, of continuous angles (``≥ 90``
+            when exact, where ``turns`` chooses the angles).
         exact: restrict to multiples of 90°.
         padding: ``grid_sample`` padding outside the image: zeros, border or reflection.
         interpolation: resampling of continuous angles: bilinear or fourier.
