@@ -287,3 +287,15 @@ def test_a_run_from_before_turns_resumes_with_the_turns_it_drew(tmp_path):
     continuous = {"seed": 0, "group": {**rotations, "exact": False}}
     check_same_experiment(continuous, {"seed": 0, "group": {**rotations, "exact": False, "turns": None}},
                           tmp_path / "last.pt", "auto")
+
+
+@pytest.mark.parametrize("turns", [["a", 1], [3, True]])
+def test_turns_that_are_not_integers_are_compared_as_given_not_sorted(tmp_path, turns):
+    # sorting ['a', 1] raised a TypeError with a traceback; the group refuses such turns when built
+    rotations = {"_target_": "eqdeq_cli.groups.Rotations", "max_angle": 180.0, "exact": True, "padding": "zeros",
+                 "interpolation": "bilinear"}
+    saved = {"seed": 0, "group": {**rotations, "turns": None}}
+    with pytest.raises(ResumeRefused, match=r"group\.turns: \[1, 3\] → "):
+        check_same_experiment(saved, {"seed": 0, "group": {**rotations, "turns": turns}}, tmp_path / "last.pt",
+                              "auto")
+    assert config_leaves({"group": {**rotations, "turns": turns}})["group.turns"] == json.dumps(turns)

@@ -260,7 +260,8 @@ def resolve_turns(config: Any) -> Any:
     a sorted list (``null``: ±90°; missing, in a config written before the key existed: every
     multiple of 90° within ``max_angle``, as those versions drew), and a continuous one's by
     ``null``; other configs as they are. So a run from before ``turns`` resumes only with the
-    turns it drew (``group.turns=[0,1,2,3]``), and a continuous-angle run resumes unchanged."""
+    turns it drew (``group.turns=[0,1,2,3]``), and a continuous-angle run resumes unchanged.
+    Turns that are not all integers are kept as given (the group refuses them when built)."""
     group = config.get("group") if isinstance(config, Mapping) else None
     if not isinstance(group, Mapping) or group.get("_target_") not in (ROTATIONS, "eqdeq_cli.groups.rotations.Rotations"):
         return config
@@ -273,7 +274,8 @@ def resolve_turns(config: Any) -> Any:
         node["turns"] = sorted({k % 4 for k in range(-2, 3) if abs(90 * k) <= max_angle})
     elif node["turns"] is None:
         node["turns"] = list(DEFAULT_TURNS)
-    elif isinstance(node["turns"], (list, tuple)):
+    elif isinstance(node["turns"], (list, tuple)) \
+            and all(isinstance(k, int) and not isinstance(k, bool) for k in node["turns"]):
         node["turns"] = sorted(node["turns"])
     return out
 
