@@ -20,6 +20,7 @@ from ..engine.measurements import simulate_measurements
 from ..engine.rng import seed_everything
 from ..errors import CheckpointError
 from ..trust import TRUST_KEY, TrustedTargets, check_saved_config, resolved_saved_config
+from .resume import with_former_turns
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ def restore_run(ckpt: str | Path, cfg: DictConfig, overrides: Sequence[str],
     Returns ``(run_cfg, components, payload)``: the config saved in the checkpoint with
     ``overrides`` applied from ``cfg``, the components built from it (seeded as the run
     was) with the checkpoint's weights loaded, in the memory layout the run trained in
-    (``trainer.channels_last``), and the checkpoint itself. Raises
+    (``trainer.channels_last``), and the checkpoint itself. An exact rotation group saved
+    without ``turns`` (before the key existed) draws the quarter turns it trained with
+    (:func:`~eqdeq_cli.runs.resume.with_former_turns`). Raises
     ``ValueError`` for an unknown split and :class:`~eqdeq_cli.errors.CheckpointError`
     for a missing, unreadable or mismatched checkpoint, or
     :class:`~eqdeq_cli.trust.UntrustedTargetError` before anything is built when the
@@ -77,7 +80,7 @@ def restore_run(ckpt: str | Path, cfg: DictConfig, overrides: Sequence[str],
     trusted = TrustedTargets.for_command(cfg)
     payload = load_checkpoint(ckpt)
     source = str(resolve_checkpoint_path(ckpt))
-    resolved = resolved_saved_config(merge_saved_config(payload["config"], cfg, overrides), source)
+    resolved = with_former_turns(resolved_saved_config(merge_saved_config(payload["config"], cfg, overrides), source))
     check_saved_config(resolved, trusted, source)
     run_cfg = OmegaConf.create(resolved)
     OmegaConf.set_struct(run_cfg, True)

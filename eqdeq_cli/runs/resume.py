@@ -255,24 +255,44 @@ AUTO_PRECONDITIONER_KEYS = (("map", "preconditioner"), ("loss", "terms", "mc", "
 ROTATIONS = "eqdeq_cli.groups.Rotations"
 
 
+def _rotation_group(config: Any) -> Mapping[str, Any] | None:
+    """``config``'s group node when it is a rotation group, else ``None``."""
+    group = config.get("group") if isinstance(config, Mapping) else None
+    if isinstance(group, Mapping) and group.get("_target_") in (ROTATIONS, "eqdeq_cli.groups.rotations.Rotations"):
+        return group
+    return None
+
+
+def with_former_turns(config: Any) -> Any:
+    """``config`` with the quarter turns an exact rotation group drew before ``turns`` existed
+    (every multiple of 90° within ``max_angle``: all four at the default 180°) written into a
+    group node that lacks the key; other configs as they are. A run of those versions is
+    thus rebuilt (``eqdeq eval``, ``eqdeq analyze``) and compared with the group it trained
+    with, not with today's default of ±90°."""
+    group = _rotation_group(config)
+    if group is None or "turns" in group or group.get("exact") is not True:
+        return config
+    out = copy.deepcopy(dict(config))
+    max_angle = float(group.get("max_angle", 180.0))
+    out["group"] = {**group, "turns": sorted({k % 4 for k in range(-2, 3) if abs(90 * k) <= max_angle})}
+    return out
+
+
 def resolve_turns(config: Any) -> Any:
     """``config`` with an exact rotation group's ``turns`` replaced by the quarter turns it draws,
-    a sorted list (``null``: ±90°; missing, in a config written before the key existed: every
-    multiple of 90° within ``max_angle``, as those versions drew), and a continuous one's by
-    ``null``; other configs as they are. So a run from before ``turns`` resumes only with the
-    turns it drew (``group.turns=[0,1,2,3]``), and a continuous-angle run resumes unchanged.
-    Turns that are not all integers are kept as given (the group refuses them when built)."""
-    group = config.get("group") if isinstance(config, Mapping) else None
-    if not isinstance(group, Mapping) or group.get("_target_") not in (ROTATIONS, "eqdeq_cli.groups.rotations.Rotations"):
+    a sorted list (``null``: ±90°; missing, in a config written before the key existed: as
+    :func:`with_former_turns`), and a continuous one's by ``null``; other configs as they are.
+    So a run from before ``turns`` resumes only with the turns it drew
+    (``group.turns=[0,1,2,3]``), and a continuous-angle run resumes unchanged. Turns that are
+    not all integers are kept as given (the group refuses them when built)."""
+    config = with_former_turns(config)
+    if _rotation_group(config) is None:
         return config
     out = copy.deepcopy(dict(config))
     node = out["group"] = dict(out["group"])
     if not node.get("exact", False):
         node["turns"] = None
-    elif "turns" not in node:
-        max_angle = float(node.get("max_angle", 180.0))
-        node["turns"] = sorted({k % 4 for k in range(-2, 3) if abs(90 * k) <= max_angle})
-    elif node["turns"] is None:
+    elif node.get("turns") is None:
         node["turns"] = list(DEFAULT_TURNS)
     elif isinstance(node["turns"], (list, tuple)) \
             and all(isinstance(k, int) and not isinstance(k, bool) for k in node["turns"]):
