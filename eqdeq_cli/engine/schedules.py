@@ -112,4 +112,4 @@ def tolerance_at(step: int, *, max_steps: int, start: float, end: float, ramp: f
     check_real("solver.forward.tol", end, low=0.0)
     check_real("trainer.forward_tol_ramp", ramp, low=0.0, high=1.0)
     progress = min(1.0, step / max(1.0, ramp * max_steps))
-    return float(math.exp((1.0 - progress) * math.log(start) + progress * math.log(end)))
+    return float(start) ** (1.0 - progress) * float(end) ** progress  # exactly start at 0 and end from 1
