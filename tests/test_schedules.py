@@ -148,9 +148,25 @@ def test_training_solves_follow_the_schedule_and_a_resumed_run_repeats_it(compos
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_tolerance_schedule_needs_a_positive_solver_tolerance(compose_cfg, tmp_path):
-    cfg = compose_cfg([*TINY, "trainer.max_steps=2", "trainer.forward_tol_start=1e-2", "solver.forward.tol=0"])
-    with pytest.raises(ValueError, match=r"^trainer.forward_tol_start falls to solver.forward.tol, which must then "
-                                         r"be > 0, got 0.0$"):
+@pytest.mark.parametrize("overrides, message", [
+    (["solver.forward.tol=0"], r"^trainer.forward_tol_start falls to solver.forward.tol, which must then be > 0, "
+                               r"got 0.0$"),
+    (["solver.forward.tol=0.1"], r"^trainer.forward_tol_start=0.01 is below solver.forward.tol=0.1, the tolerance it "
+                                 r"falls to: give a start at or above it, or null$"),
+    (["grad=unrolled"], r"^trainer.forward_tol_start sets the tolerance of the forward solve, which grad=unrolled "
+                        r"does not run; use grad=implicit or grad=jfb, or leave it at null$"),
+])
+def test_a_tolerance_schedule_needs_a_solve_and_a_lower_positive_solver_tolerance(compose_cfg, tmp_path, overrides,
+                                                                                   message):
+    cfg = compose_cfg([*TINY, "trainer.max_steps=2", "trainer.forward_tol_start=1e-2", *overrides])
+    with pytest.raises(ValueError, match=message):
         run.train(cfg, run_dir=tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_tolerance_schedule_may_start_at_the_solvers_tolerance(compose_cfg, tmp_path):
+    # a sweep over forward_tol_start may hold the solver's own tolerance as its baseline
+    tol = _RecordTolerance()
+    cfg = compose_cfg([*TINY, "trainer.max_steps=2", "trainer.forward_tol_start=1e-3", "solver.forward.tol=1e-3"])
+    run.train(cfg, run_dir=tmp_path, callbacks=[tol])
+    assert tol.tol == [1e-3, 1e-3]

@@ -73,6 +73,8 @@ class TrainerSettings:
             ``None``: the solver's own ``tol`` throughout). It falls geometrically to the
             solver's ``tol`` over the first ``forward_tol_ramp`` of ``max_steps``
             (:func:`~eqdeq_cli.engine.schedules.tolerance_at`); logged as ``forward_tol``.
+            At or above that ``tol``, and for a gradient mode that solves (implicit, jfb): the
+            trainer refuses others with a ``ValueError``.
         forward_tol_ramp: the share of ``max_steps``, in (0, 1], over which it falls.
     """
 

@@ -152,10 +152,17 @@ class Trainer:
         self.time_capped = False  # fit() ended at trainer.max_minutes before max_steps
         self.forward_solver, self.forward_tol = deq.forward_solver, None
         if settings.forward_tol_start is not None:
+            if not deq.gradient.has_fixed_point:
+                raise ValueError(f"trainer.forward_tol_start sets the tolerance of the forward solve, which "
+                                 f"grad={deq.grad} does not run; use grad=implicit or grad=jfb, or leave it at null")
             self.forward_tol = solver_tolerance(deq.forward_solver)
             if not self.forward_tol > 0:
                 raise ValueError(f"trainer.forward_tol_start falls to solver.forward.tol, which must then be > 0, "
                                  f"got {self.forward_tol}")
+            if settings.forward_tol_start < self.forward_tol:
+                raise ValueError(f"trainer.forward_tol_start={settings.forward_tol_start:g} is below "
+                                 f"solver.forward.tol={self.forward_tol:g}, the tolerance it falls to: give a "
+                                 "start at or above it, or null")
         self.best: dict[str, float | int | None] = {"value": None, "step": None}
         self.lipschitz: float | None = None  # the latest contraction estimate (measure_contraction)
         self.fallbacks_total = 0
