@@ -16,11 +16,17 @@ _INTERPOLATION = ("bilinear", "fourier")
 DEFAULT_TURNS = (1, 3)
 
 
-def _check_turns(turns: object, exact: bool) -> tuple[int, ...] | None:
-    """``turns`` as a sorted tuple (``None`` kept); ``ValueError`` unless distinct values in
-    ``{0, 1, 2, 3}`` given in exact mode."""
+def drawn_turns(turns: object, exact: bool) -> list[int] | None:
+    """The quarter turns a rotation group with these settings draws, sorted (``turns=None``:
+    :data:`DEFAULT_TURNS`); ``None`` for continuous angles (``exact=False``) when ``turns`` is
+    ``None``. The one reading of ``turns``: :class:`Rotations` draws from it, and the resume
+    comparison (:func:`~eqdeq_cli.runs.resume.resolve_turns`) compares runs by it.
+
+    Raises:
+        ValueError: ``turns`` that are not distinct values in ``{0, 1, 2, 3}``, or given with
+            continuous angles."""
     if turns is None:
-        return None
+        return list(DEFAULT_TURNS) if exact else None
     values = None if isinstance(turns, (str, bytes)) or not hasattr(turns, "__iter__") else list(turns)
     if not values or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 3 for k in values) \
             or len(set(values)) != len(values):
@@ -29,7 +35,7 @@ def _check_turns(turns: object, exact: bool) -> tuple[int, ...] | None:
     if not exact:
         raise ValueError("Rotations: turns chooses among exact quarter turns (group.exact=true); continuous angles "
                          "(group.exact=false) are drawn from [-max_angle, max_angle]: leave turns at null")
-    return tuple(sorted(values))
+    return sorted(values)
 
 
 class Rotations(Group):
@@ -105,8 +111,8 @@ class Rotations(Group):
         self.exact = bool(exact)
         self.padding = padding
         self.interpolation = interpolation
-        self.turns = _check_turns(turns, exact)
-        self._quarters = list(self.turns) if self.turns is not None else list(DEFAULT_TURNS)
+        self._quarters = drawn_turns(turns, self.exact)
+        self.turns = None if turns is None else tuple(self._quarters)  # as given, sorted
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None,

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 from ..engine.checkpoint import load_checkpoint, resolve_checkpoint_path
 from ..errors import CheckpointError, UserError
-from ..groups.rotations import DEFAULT_TURNS
+from ..groups.rotations import drawn_turns
 from ..physics.base import resolve_preconditioner
 from .status import read_status
 
@@ -290,13 +290,11 @@ def resolve_turns(config: Any) -> Any:
         return config
     out = copy.deepcopy(dict(config))
     node = out["group"] = dict(out["group"])
-    if not node.get("exact", False):
-        node["turns"] = None
-    elif node.get("turns") is None:
-        node["turns"] = list(DEFAULT_TURNS)
-    elif isinstance(node["turns"], (list, tuple)) \
-            and all(isinstance(k, int) and not isinstance(k, bool) for k in node["turns"]):
-        node["turns"] = sorted(node["turns"])
+    exact = bool(node.get("exact", False))
+    try:
+        node["turns"] = drawn_turns(node.get("turns") if exact else None, exact)
+    except ValueError:  # kept as given: the group refuses them when built
+        pass
     return out
 
 
