@@ -157,22 +157,36 @@ class JobOfAnotherSweep(UserError):
     """A sweep's job directory holds a job of an earlier sweep with another value of a swept key."""
 
 
-def swept_keys(sweep_dir: Path) -> list[str]:
-    """The keys the multirun writing into ``sweep_dir`` sweeps: those of the command line
-    (``seed=0,1``, ``lr=range(...)``) and of the sweeper's search space (``hydra.sweeper.params``,
-    the Optuna presets), read from Hydra's ``multirun.yaml`` there; ``[]`` when it cannot be read."""
+def multirun_record(sweep_dir: Path) -> dict[str, Any] | None:
+    """The ``hydra`` node of the ``multirun.yaml`` Hydra wrote in ``sweep_dir``, which records
+    the sweep's command-line overrides (``overrides.task``) and its sweeper; ``None`` when there
+    is none, it cannot be read, or it lacks ``hydra.overrides.task``."""
     import yaml
 
     try:
-        saved = yaml.safe_load((sweep_dir / "multirun.yaml").read_text(encoding="utf-8"))
-        task = saved["hydra"]["overrides"]["task"]
+        hydra = yaml.safe_load((sweep_dir / "multirun.yaml").read_text(encoding="utf-8"))["hydra"]
+        hydra["overrides"]["task"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return hydra if isinstance(hydra, dict) else None
+
+
+def swept_keys(sweep_dir: Path) -> list[str]:
+    """The keys the multirun writing into ``sweep_dir`` sweeps: those of the command line
+    (``seed=0,1``, ``lr=range(...)``) and of the sweeper's search space (``hydra.sweeper.params``,
+    the Optuna presets), read from Hydra's ``multirun.yaml`` there (:func:`multirun_record`);
+    ``[]`` when it cannot be read."""
+    hydra = multirun_record(sweep_dir)
+    if hydra is None:  # no multirun.yaml, or an unreadable one: no check
+        return []
+    try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        parsed = OverridesParser.create().parse_overrides([str(item) for item in task])
-    except Exception:  # no multirun.yaml, or one Hydra cannot read: no check, as before
+        parsed = OverridesParser.create().parse_overrides([str(item) for item in hydra["overrides"]["task"]])
+    except Exception:  # overrides Hydra cannot read: no check, as before
         return []
     keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
-    params = (saved["hydra"].get("sweeper") or {}).get("params") or {}
+    params = (hydra.get("sweeper") or {}).get("params") or {}
     return keys + [str(k) for k in params if str(k) not in keys] if isinstance(params, dict) else keys
 
 
@@ -386,14 +400,11 @@ def keep_earlier_sweep_record(sweep_dir: Path, overrides: list[str]) -> Path | N
     the same sweep run again, or no readable earlier record)."""
     import datetime
 
-    import yaml
-
-    path = sweep_dir / "multirun.yaml"
-    try:
-        earlier = yaml.safe_load(path.read_text(encoding="utf-8"))["hydra"]["overrides"]["task"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+    hydra = multirun_record(sweep_dir)
+    if hydra is None:
         return None
-    if sorted(map(str, earlier or [])) == sorted(map(str, overrides)):
+    path = sweep_dir / "multirun.yaml"
+    if sorted(map(str, hydra["overrides"]["task"] or [])) == sorted(map(str, overrides)):
         return None
     stamp = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d_%H-%M-%S")
     kept = sweep_dir / f"multirun.{stamp}.yaml"
