@@ -134,6 +134,22 @@ def test_prox_data_per_sample_gamma(op_entry):
         assert torch.allclose(x[i:i + 1], xi, atol=1e-8)
 
 
+def test_operators_run_in_float32_under_bf16_autocast(op_entry):
+    # Under trainer.bf16=true only the network runs in bfloat16: the operators (sparse
+    # products, FFTs) see float32, a bfloat16 input promoted, and give the float32 result.
+    _, op, _ = op_entry
+    x = _randn((2,) + tuple(op.img_shape), torch.float32, 13).bfloat16()
+    y = _randn((2,) + tuple(op.meas_shape), torch.float32, 14).bfloat16()
+    ref = (op.A(x.float()), op.A_adjoint(y.float()), op.A_dagger(y.float()), op.precondition(y.float()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = (op.A(x), op.A_adjoint(y), op.A_dagger(y), op.precondition(y))
+        assert torch.is_autocast_enabled("cpu")
+    for r, o in zip(ref, out):
+        assert o.dtype == torch.float32
+        torch.testing.assert_close(o, r, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_gpu_parity(op_entry, dtype):
     _, op, _ = op_entry

@@ -6,6 +6,7 @@ when a fast approximate inverse exists, :meth:`LinearPhysics.A_dagger`.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,6 +50,32 @@ class NoNoise(NoiseModel):
         return 0.0, 0.0
 
 
+#: The methods every operator runs in full precision (:func:`full_precision`).
+FULL_PRECISION_METHODS = ("A", "A_adjoint", "A_dagger", "precondition")
+
+
+def full_precision(method):
+    """``method(self, t, ...)`` run with autocast off on ``t``'s device and a bfloat16 or float16
+    ``t`` promoted to float32. A linear operator is cheap beside the network and its rounding
+    enters the data term of every fixed-point iteration; several of its kernels (sparse
+    products, FFTs) have no bfloat16 form on every device."""
+    @functools.wraps(method)
+    def wrapper(self, t: torch.Tensor, *args, **kwargs):
+        device = t.device.type
+        try:
+            enabled = torch.is_autocast_enabled(device)
+        except (RuntimeError, TypeError):  # a device type without autocast support
+            enabled = False
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.float()
+        if not enabled:
+            return method(self, t, *args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return method(self, t, *args, **kwargs)
+    wrapper.full_precision = True
+    return wrapper
+
+
 class LinearPhysics(nn.Module):
     r"""A linear forward operator with its exact adjoint and an approximate inverse.
 
@@ -61,7 +88,18 @@ class LinearPhysics(nn.Module):
     ``complex_images`` says whether the operator reads its 2 image channels as the real and
     imaginary parts of one complex image; image metrics then compare magnitudes
     (:func:`~eqdeq_cli.engine.metrics.compared_images`).
+
+    Mixed precision: :meth:`A`, :meth:`A_adjoint`, :meth:`A_dagger` and :meth:`precondition`
+    of every subclass run outside autocast, in float32 for a bfloat16 or float16 input
+    (:func:`full_precision`), so under ``trainer.bf16=true`` only the network runs in bfloat16.
     """
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in FULL_PRECISION_METHODS:
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "full_precision", False):
+                setattr(cls, name, full_precision(method))
 
     img_shape: tuple[int, int, int]
     meas_shape: tuple[int, ...]
@@ -78,6 +116,7 @@ class LinearPhysics(nn.Module):
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @full_precision
     def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
         """Fast approximate inverse; defaults to the adjoint."""
         return self.A_adjoint(y)
@@ -92,6 +131,7 @@ class LinearPhysics(nn.Module):
     #: Whether :meth:`precondition` is more than the identity (set by operators that override it).
     has_preconditioner: bool = False
 
+    @full_precision
     def precondition(self, r: torch.Tensor) -> torch.Tensor:
         r"""A symmetric positive semi-definite weight ``P`` applied to measurements ``r``
         (same shape), such that ``Aᵀ P A`` is better conditioned than ``AᵀA``. The identity
