@@ -43,16 +43,18 @@ def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> d
 
 
 def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
-    """Inverse of :func:`capture_rng_state`; ``generators`` are restored in place."""
+    """Inverse of :func:`capture_rng_state`; ``generators`` are restored in place. The byte
+    tensors may sit on any device (a checkpoint loaded with ``map_location="cuda"``): the
+    setters read them from the CPU."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     for name, g in (generators or {}).items():
         if name not in state["generators"]:
             raise KeyError(f"checkpoint holds no state for the generator {name!r}; "
                            f"it has {sorted(state['generators'])}")
-        g.set_state(state["generators"][name])
+        g.set_state(state["generators"][name].cpu())
