@@ -46,6 +46,8 @@ its saved buffers in the backward pass by default and then refuses a second pass
 compiled variants run with ``torch._functorch.config.donated_buffer = False``
 (``--donated-buffers`` leaves torch's default, to show the failure).
 
+``--device cuda`` times the variants on the GPU (each call waits for the device to finish).
+
 Example: ``python scripts/bench_compile.py --threads 1 --repeats 5``.
 """
 from __future__ import annotations
@@ -64,8 +66,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_deq import add_setup_arguments, build  # noqa: E402  (scripts/ is on the path when run as a script)
-from bench_torchdeq import interleaved, report  # noqa: E402
+from bench_deq import add_device_argument, add_setup_arguments, build, check_device  # noqa: E402  (scripts/ is on the path when run as a script)
+from bench_torchdeq import interleaved, report, synchronize  # noqa: E402
 
 from eqdeq_cli.deq import DEQ, ProxGradMap, anderson_solve  # noqa: E402
 
@@ -75,6 +77,7 @@ VARIANTS = ("eager", "compile", "compile_static", "channels_last", "compile+chan
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_setup_arguments(p)
+    add_device_argument(p)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--iters", type=int, default=20, help="forward and backward Anderson iterations per step")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per variant (interleaved)")
@@ -106,7 +109,7 @@ def variant_calls(d: nn.Module, physics, y: torch.Tensor, iters: int) -> dict:
     deq = DEQ(fmap, grad="implicit", forward_solver=solver, backward_solver=solver)
     with torch.no_grad():
         u = fmap.init(y)
-    v = torch.randn(u.shape, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(u.shape, generator=torch.Generator().manual_seed(0)).to(u.device)
     kept: dict[str, torch.Tensor] = {}
 
     def forward():
@@ -143,6 +146,7 @@ def first_calls(calls: dict) -> tuple[float, int]:
     t = time.perf_counter()
     for call in calls.values():
         call()
+    synchronize()
     return time.perf_counter() - t, counters["stats"]["unique_graphs"] - graphs
 
 
@@ -186,11 +190,12 @@ def compare_variants(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_device(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"CT {args.img_size}², {args.views} views, batch {args.batch}, DnCNN depth {args.depth} width "
           f"{args.width}, step = {args.iters}+{args.iters} Anderson iterations (tol 0), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, {args.repeats} interleaved repeats")
+          f"threads {torch.get_num_threads()}, device {args.device}, {args.repeats} interleaved repeats")
     out = compare_variants(args)
     for name, msg in out["failed"].items():
         print(f"  {name}: failed: {msg}")

@@ -72,6 +72,16 @@ def add_setup_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=16)
 
 
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """``--device``: where the benchmark's operator, denoiser and data live (``cpu`` or ``cuda``)."""
+    p.add_argument("--device", default="cpu", help="cpu or cuda (times then wait for the device to finish)")
+
+
+def check_device(args: argparse.Namespace) -> None:
+    if str(getattr(args, "device", "cpu")).startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_setup_arguments(p)
@@ -99,6 +109,8 @@ def build(args: argparse.Namespace, seed: int = 0):
     physics = CTRadon(img_size=args.img_size, n_views=args.views)
     denoiser = DnCNN(channels=1, depth=args.depth, width=args.width)
     x = torch.from_numpy(random_ellipse_phantoms(args.batch, args.img_size, 1, np.random.default_rng(seed)))
+    device = torch.device(getattr(args, "device", "cpu"))
+    physics, denoiser, x = physics.to(device), denoiser.to(device), x.to(device)
     return physics, denoiser, x, physics.A(x)
 
 

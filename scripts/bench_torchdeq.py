@@ -28,6 +28,9 @@ script says so and exits with status 0 after timing eqdeq alone.
 is eqdeq as shipped (``trainer.channels_last`` is on by default), and torchdeq so compares
 the two libraries on equal layouts.
 
+``--device cuda`` runs both on the GPU; each timed step then waits for the device to finish
+(the CPU clock is then no measure of the work).
+
 Example: ``python scripts/bench_torchdeq.py --threads 1 --repeats 10 --channels-last``.
 """
 from __future__ import annotations
@@ -44,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_deq import add_setup_arguments, build  # noqa: E402  (scripts/ is on the path when run as a script)
+from bench_deq import add_device_argument, add_setup_arguments, build, check_device  # noqa: E402  (scripts/ is on the path when run as a script)
 
 from eqdeq_cli.deq import DEQ, ProxGradMap, anderson_solve  # noqa: E402
 
@@ -52,6 +55,7 @@ from eqdeq_cli.deq import DEQ, ProxGradMap, anderson_solve  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_setup_arguments(p)
+    add_device_argument(p)
     p.add_argument("--iters", type=int, default=20, help="forward and backward Anderson iterations")
     p.add_argument("--repeats", type=int, default=6, help="timed steps per library (interleaved)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -116,16 +120,24 @@ def channels_last(denoiser: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(denoiser).to(memory_format=torch.channels_last)
 
 
+def synchronize() -> None:
+    """Wait for queued CUDA work, so that a clock read after a step counts all of it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved(steps: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
     """Time each step function ``repeats`` times, alternating between them after one warm-up
     each; ``{clock: {name: seconds per step}}`` for the wall and the process CPU clocks."""
     for step in steps.values():
         step()
+    synchronize()
     times: dict[str, dict[str, list[float]]] = {"wall": {n: [] for n in steps}, "cpu": {n: [] for n in steps}}
     for _ in range(repeats):
         for name, step in steps.items():
             t, c = time.perf_counter(), time.process_time()
             step()
+            synchronize()
             times["cpu"][name].append(time.process_time() - c)
             times["wall"][name].append(time.perf_counter() - t)
     return times
@@ -152,11 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_device(args)
     get_deq, info = load_torchdeq()
     physics, denoiser, _, y = build(args)
     print(f"CT {args.img_size}², {args.views} views, batch {args.batch}, DnCNN depth {args.depth} width "
           f"{args.width}, {args.iters}+{args.iters} Anderson iterations (tol 0), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, {args.repeats} interleaved repeats")
+          f"threads {torch.get_num_threads()}, device {args.device}, {args.repeats} interleaved repeats")
     steps = {"eqdeq": eqdeq_step_fn(ProxGradMap(copy.deepcopy(denoiser), physics), physics, y, args.iters)}
     if args.autograd_vjp:
         steps["eqdeq autograd vjp"] = eqdeq_step_fn(ProxGradMap(copy.deepcopy(denoiser), physics), physics, y,
