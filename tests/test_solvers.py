@@ -285,3 +285,28 @@ def test_fixed_point_far_larger_than_the_start_still_converges(solve):
     z, stats = solve(lambda z: 0.98 * z + c, torch.zeros(2, 6, dtype=torch.float64), max_iter=3000, tol=1e-6)
     assert stats.converged.all()
     assert torch.allclose(z, 50 * c, rtol=1e-4)
+
+
+def test_the_tracker_keeps_its_iterate_sized_buffers_across_iterations():
+    # The loop allocates nothing of the iterate's size: the best iterate and the residual
+    # f(z) − z live in buffers made once per solve, and the best iterate is per sample the one
+    # with the smallest residual.
+    from eqdeq_cli.deq.solvers import _Tracker
+
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(3, 1, 4, 4, generator=g)
+    tracker = _Tracker(z0, tol=0.0)
+    best_ptr = tracker.best.data_ptr()
+    iterates = [torch.randn(3, 1, 4, 4, generator=g) for _ in range(4)]
+    fz = [z + torch.randn(3, 1, 1, 1, generator=g).abs() * 0.1 * (k + 1) * torch.randn(z.shape, generator=g)
+          for k, z in enumerate(iterates)]
+    for z, f in zip(iterates, fz):
+        tracker.update(z, f)
+        step_ptr = tracker._step.data_ptr()
+        assert tracker.best.data_ptr() == best_ptr and tracker._step.data_ptr() == step_ptr
+    res = torch.stack([(f - z).flatten(1).norm(dim=1) / f.flatten(1).norm(dim=1) for z, f in zip(iterates, fz)])
+    best, stats = tracker.result()
+    for b in range(3):
+        k = int(res[:, b].argmin())
+        assert torch.equal(best[b], iterates[k][b])
+        assert float(stats.residual[b]) == pytest.approx(float(res[k, b]), rel=1e-6)

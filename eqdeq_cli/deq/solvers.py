@@ -111,22 +111,30 @@ class _Tracker:
         self.scale: torch.Tensor | None = None  # (B,) s_b = max(‖z₀‖, ‖f(z₀)‖), set by the first update
         self.history: list[float] = []
         self.nonfinite = False
+        self._step: torch.Tensor | None = None  # buffer for f(z) − z
 
-    def update(self, z: torch.Tensor, fz: torch.Tensor) -> bool:
-        """Record the iterate ``z`` with map value ``fz``; returns True when the solve should stop."""
+    def update(self, z: torch.Tensor, fz: torch.Tensor, step: torch.Tensor | None = None) -> bool:
+        """Record the iterate ``z`` with map value ``fz``; returns True when the solve should stop.
+        ``step``: ``fz − z`` when the caller has it already (flattened per sample). Allocates
+        nothing of the iterate's size: the difference goes to a buffer, the best iterate is
+        updated in place."""
         b = z.shape[0]
-        diff = (fz - z).reshape(b, -1).norm(dim=1).double()
+        if step is None:
+            if self._step is None:
+                self._step = torch.empty_like(z)
+            step = torch.sub(fz, z, out=self._step)
+        diff = step.reshape(b, -1).norm(dim=1).double()
         fz_norm = fz.reshape(b, -1).norm(dim=1).double()
         if self.scale is None:
             self.scale = torch.maximum(z.reshape(b, -1).norm(dim=1).double(), fz_norm)
         res = diff / torch.minimum(fz_norm, _SCALE_CAP * self.scale).clamp_min(_TINY)
-        res = torch.where(diff == 0, torch.zeros_like(res), res)
+        res = res.masked_fill(diff == 0, 0.0)
         # Iterates that overflowed (inf - inf, or equal infinities) or ran away are not a solution.
         ok = torch.isfinite(fz_norm) & (fz_norm <= _DIVERGED * self.scale)
-        res = torch.where(ok, res, torch.full_like(res, math.nan))
+        res = res.masked_fill(~ok, math.nan)
         better = res < self.best_res  # False for NaN, so non-finite iterates never become best
-        self.best_res = torch.where(better, res, self.best_res)
-        self.best = torch.where(better.view((b,) + (1,) * (z.ndim - 1)), z, self.best)
+        torch.where(better, res, self.best_res, out=self.best_res)
+        torch.where(better.view((b,) + (1,) * (z.ndim - 1)), z, self.best, out=self.best)
         # One host synchronisation per iteration for both the history and the stopping test.
         cur_max, best_max = torch.stack((res.max(), self.best_res.max())).tolist()
         self.history.append(cur_max)
@@ -211,7 +219,8 @@ def anderson_solve(f: Map, z0: torch.Tensor, *, max_iter: int = 50, tol: float =
     non-finite weights (possible with a tiny ``lam``, or when residuals repeat exactly)
     takes the plain step ``x_{k+1} = f(x_k)`` at that iteration instead of failing the
     solve. The histories of ``f(x_i)`` and ``g_i`` live in buffers allocated once per
-    solve; the loop allocates only per-iteration temporaries of size ``(B, n)``.
+    solve, as do the residual and the best iterate; the loop allocates only per-iteration
+    temporaries of size ``(B, n)`` (and the map's own output).
 
     Args:
         f: the map, ``(B, ...) -> (B, ...)``.
@@ -251,12 +260,12 @@ def _anderson(f: Map, z0: torch.Tensor, max_iter: int, tol: float, m: int, lam: 
     x = z0.reshape(b, d)
     for k in range(max_iter):
         fx = f(x.view_as(z0)).reshape(b, d)
-        if tracker.update(x.view_as(z0), fx.view_as(z0)):
-            break
         j = k % m
         n = min(k + 1, m)
-        F[:, j] = fx
         torch.sub(fx, x, out=G[:, j])
+        if tracker.update(x.view_as(z0), fx.view_as(z0), G[:, j]):
+            break
+        F[:, j] = fx
         row = torch.bmm(G[:, :n], G[:, j].unsqueeze(2)).squeeze(2).double()  # (B, n): <g_i, g_j>
         gram[:, j, :n] = row
         gram[:, :n, j] = row
