@@ -136,7 +136,7 @@ class _Tracker:
         torch.where(better, res, self.best_res, out=self.best_res)
         torch.where(better.view((b,) + (1,) * (z.ndim - 1)), z, self.best, out=self.best)
         # One host synchronisation per iteration for both the history and the stopping test.
-        cur_max, best_max = torch.stack((res.max(), self.best_res.max())).tolist()
+        cur_max, best_max = torch.stack((res, self.best_res)).amax(dim=1).tolist()
         self.history.append(cur_max)
         if not math.isfinite(cur_max):
             self.nonfinite = True
@@ -254,7 +254,7 @@ def _anderson(f: Map, z0: torch.Tensor, max_iter: int, tol: float, m: int, lam: 
     gram = torch.zeros((b, m, m), **f64)
     eye = torch.eye(m, **f64)
     ones = torch.ones((b, m, 1), **f64)
-    plain = torch.eye(m, dtype=z0.dtype, device=z0.device)  # row j: the weights of the step x = f(x_j)
+    plain = torch.eye(m, **f64)  # row j: the weights of the step x = f(x_j)
     tracker = _Tracker(z0, tol)
 
     x = z0.reshape(b, d)
@@ -270,12 +270,12 @@ def _anderson(f: Map, z0: torch.Tensor, max_iter: int, tol: float, m: int, lam: 
         gram[:, j, :n] = row
         gram[:, :n, j] = row
         H = gram[:, :n, :n]
-        scale = (torch.diagonal(H, dim1=1, dim2=2).sum(1) / n).clamp_min(_TINY)
-        H = H + (lam * scale).view(b, 1, 1) * eye[:n, :n]
+        scale = torch.diagonal(H, dim1=1, dim2=2).mean(1).clamp_min(_TINY)
+        H = torch.addcmul(H, (lam * scale).view(b, 1, 1), eye[:n, :n])
         a, info = torch.linalg.solve_ex(H, ones[:, :n])
         alpha = a / a.sum(dim=1, keepdim=True)                               # (B, n, 1)
-        ok = (info == 0) & torch.isfinite(alpha).all(dim=1).squeeze(1)
-        alpha = torch.where(ok.view(b, 1, 1), alpha.nan_to_num(), plain[j, :n].view(1, n, 1).to(alpha))
+        ok = (info == 0).view(b, 1, 1) & torch.isfinite(alpha).all(dim=1, keepdim=True)
+        alpha = torch.where(ok, alpha, plain[j, :n].view(1, n, 1))
         alpha = alpha.to(z0.dtype).transpose(1, 2)                           # (B, 1, n)
         x = torch.bmm(alpha, F[:, :n], out=x_buf.unsqueeze(1)).squeeze(1)
         if beta != 1.0:  # β Σα f(x_i) + (1 − β) Σα x_i = Σα f(x_i) − (1 − β) Σα g_i
