@@ -28,6 +28,10 @@ script says so and exits with status 0 after timing eqdeq alone.
 is eqdeq as shipped (``trainer.channels_last`` is on by default), and torchdeq so compares
 the two libraries on equal layouts.
 
+``--solver-only`` times the two Anderson solvers alone (at least 50 iterations, on a map
+without network or operator), the solver's own cost per iteration: on a GPU, where each small
+kernel costs a launch, this is most of a step at small image sizes.
+
 ``--device cuda`` runs both on the GPU; each timed step then waits for the device to finish
 (the CPU clock is then no measure of the work).
 
@@ -66,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "trainer.channels_last=true, its default), so the report holds eqdeq as shipped "
                         "and both libraries on equal layouts")
     p.add_argument("--quick", action="store_true", help="64², 30 views, batch 4, 5 iterations, 3 repeats")
+    p.add_argument("--solver-only", action="store_true",
+                   help="time the two Anderson solvers alone, on the map z ↦ 0.9 z + c of the batch's image "
+                        "shape (no network, no operator): the solver's own cost per iteration")
     args = p.parse_args(argv)
     if args.quick:
         args.img_size, args.views, args.batch, args.iters, args.repeats = 64, 30, 4, 5, 3
@@ -113,6 +120,18 @@ def torchdeq_step_fn(get_deq, fmap: ProxGradMap, physics, y: torch.Tensor, n: in
         opt.step()
         return float(loss.detach())
     return step
+
+
+def solver_steps(img_size: int, batch: int, iters: int, device: str) -> dict:
+    """Anderson solves of ``iters`` iterations (tolerance 0, history 5) on ``z ↦ 0.9 z + c``,
+    one per library: what each solver costs per iteration beside the map."""
+    from torchdeq.solver import get_solver
+
+    c = torch.randn(batch, 1, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
+    z0 = torch.zeros_like(c)
+    theirs = get_solver("anderson")
+    return {"eqdeq": lambda: anderson_solve(lambda z: 0.9 * z + c, z0, max_iter=iters, tol=0.0, m=5),
+            "torchdeq": lambda: theirs(lambda z: 0.9 * z + c, z0, max_iter=iters, tol=0.0, m=5)}
 
 
 def channels_last(denoiser: torch.nn.Module) -> torch.nn.Module:
@@ -166,6 +185,16 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     check_device(args)
     get_deq, info = load_torchdeq()
+    if args.solver_only:
+        if get_deq is None:
+            raise SystemExit(f"--solver-only compares with torchdeq: {info}")
+        iters = max(args.iters, 50)
+        print(f"Anderson alone on z ↦ 0.9 z + c, batch {args.batch} of {args.img_size}², {iters} iterations "
+              f"(tol 0, history 5), torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
+              f"torchdeq {info}, {args.repeats} interleaved repeats; µs per iteration")
+        times = interleaved(solver_steps(args.img_size, args.batch, iters, args.device), args.repeats)
+        report(times, reference="torchdeq", scale=1e6 / iters, unit="µs/it")
+        return
     physics, denoiser, _, y = build(args)
     print(f"CT {args.img_size}², {args.views} views, batch {args.batch}, DnCNN depth {args.depth} width "
           f"{args.width}, {args.iters}+{args.iters} Anderson iterations (tol 0), torch {torch.__version__}, "
