@@ -59,6 +59,9 @@ def test_presets_of_a_task_differ_only_in_loss_and_gradient(compose_cfg, task):
     for key in ("data", "physics", "group", "model", "map", "solver", "trainer", "evaluation", "seed"):
         values = {m: str(c[key]) for m, c in cfgs.items()}
         assert len(set(values.values())) == 1, f"{key} differs between {task} presets: {values}"
+    # the gradient settings other than the mode (the sample cache, the fallback, ...) too
+    grads = {m: str({k: v for k, v in c.grad.items() if k != "mode"}) for m, c in cfgs.items()}
+    assert len(set(grads.values())) == 1, f"grad settings differ between {task} presets: {grads}"
 
 
 def test_ct_presets_keep_the_default_run_size(compose_cfg):
