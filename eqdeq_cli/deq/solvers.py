@@ -46,6 +46,7 @@ from typing import Callable
 import torch
 
 from ..utils.checks import check_int, check_real
+from ..utils.precision import autocast_enabled
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
@@ -155,11 +156,7 @@ def _precise(f: Map, z0: torch.Tensor) -> tuple[Map, contextlib.AbstractContextM
     """``f`` evaluated under the caller's autocast state with its output cast to ``z0``'s
     dtype, and a context that turns autocast off for the solver's own arithmetic."""
     device = z0.device.type
-    try:
-        enabled = torch.is_autocast_enabled(device)
-    except (RuntimeError, TypeError):  # a device type without autocast support
-        return f, contextlib.nullcontext()
-    if not enabled:
+    if not autocast_enabled(device):
         return f, contextlib.nullcontext()
     amp_dtype = torch.get_autocast_dtype(device)
 

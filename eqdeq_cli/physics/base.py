@@ -14,6 +14,7 @@ from torch import nn
 
 from ..linalg import conjugate_gradient
 from ..utils.draws import randn_on_cpu
+from ..utils.precision import autocast_enabled
 
 
 class NoiseModel(nn.Module):
@@ -62,13 +63,9 @@ def full_precision(method):
     @functools.wraps(method)
     def wrapper(self, t: torch.Tensor, *args, **kwargs):
         device = t.device.type
-        try:
-            enabled = torch.is_autocast_enabled(device)
-        except (RuntimeError, TypeError):  # a device type without autocast support
-            enabled = False
         if t.dtype in (torch.bfloat16, torch.float16):
             t = t.float()
-        if not enabled:
+        if not autocast_enabled(device):
             return method(self, t, *args, **kwargs)
         with torch.autocast(device, enabled=False):
             return method(self, t, *args, **kwargs)
