@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The CUDA path of eqdeq, checked and timed in about 7 minutes on one GPU. Run it in the project's
+# The CUDA path of eqdeq, checked and timed in about 4 minutes on one GPU. Run it in the project's
 # root with eqdeq importable (installed, or PYTHONPATH=$PWD) and torchdeq for the side-by-side step:
 #   bash scripts/gpu_check.sh [OUTDIR]          (default OUTDIR: gpu-check)
 # Each step runs under its own time limit and may fail alone; OUTDIR/summary.txt lists every step's
 # status, time and last line, and OUTDIR/<step>.log its whole output.
-#   gpu-tests       pytest -m gpu (tests/test_gpu.py, the operators' CPU–CUDA parity): CUDA bf16 solver precision, implicit gradients on the device against
-#                   the CPU, the CT operator's dot-product test at 128² and 256², training under bf16 and
-#                   its run evaluated on the CPU, resume on CUDA to identical weights
+#   gpu-tests       pytest -m gpu: tests/test_gpu.py (implicit gradients on the device against the CPU,
+#                   the CT dot-product test at 128² and 256², bf16 training evaluated on the CPU, resume on
+#                   CUDA within the kernels' rounding) and the cuda cases of the operator, solver and
+#                   gradient tests (CPU–CUDA parity, float32 solver arithmetic under bf16 autocast)
 #   ct-operator     A and Aᵀ of the CT operator on CUDA and on the CPU: time per A+Aᵀ and the ratio
 #   default-fp32    the default `eqdeq train` on CUDA for at most 1 minute of training
 #   default-bf16    the same under trainer.bf16=true (solver arithmetic stays float32)
@@ -25,7 +26,8 @@ step() {  # step NAME LIMIT_S COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$summary"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$summary"
 
-step gpu-tests 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_physics.py
+step gpu-tests 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_physics.py \
+  tests/test_solvers.py tests/test_deq_gradients.py
 step ct-operator 45 python3 - <<'PY'
 import time
 import torch

@@ -5,10 +5,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from eqdeq_cli import CONFIG_DIR  # the tree the commands compose from
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: ``cpu``, and ``cuda`` marked ``gpu`` (skipped without a CUDA device): for tests that hold on both.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])]
 
 #: Overrides that make any run tiny: 16-pixel phantoms, a small denoiser, small budgets.
 TINY = [

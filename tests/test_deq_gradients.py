@@ -17,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from conftest import DEVICES
 from eqdeq_cli.deq import DEQ, GradientSettings, HQSMap, ProxGradMap, anderson_solve, build_reconstructor, \
     fixed_point_solve
 from eqdeq_cli.physics import DenseMatrixPhysics, Inpainting, LinearPhysics, MRICartesian, conjugate_gradient
@@ -349,20 +350,21 @@ def test_hqs_uses_closed_form_prox_and_its_fixed_point_satisfies_the_definition(
         torch.testing.assert_close(fmap.denoiser(prox), x, rtol=1e-8, atol=1e-8)
 
 
-def test_implicit_gradient_under_bf16_autocast_stays_close_to_float32():
+@pytest.mark.parametrize("device", DEVICES)
+def test_implicit_gradient_under_bf16_autocast_stays_close_to_float32(device):
     # The network runs in bfloat16 under autocast; the solves (forward and backward) run in
     # float32, so the gradient differs from the float32 one only by the map's own rounding.
     fmap, physics, y = make_problem()
     physics = DenseMatrixPhysics(physics.matrix.float(), img_shape=(1, 8, 8))
-    fmap = ProxGradMap(fmap.denoiser.float(), physics)
-    y = y.float().requires_grad_()
-    w = torch.randn(y.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    fmap = ProxGradMap(fmap.denoiser.float(), physics).to(device)
+    y = y.float().to(device).requires_grad_()
+    w = torch.randn(y.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(1)).to(device)
     solver = functools.partial(anderson_solve, max_iter=100, tol=1e-5)
     grads = {}
     for amp in (False, True):
         deq = make_deq(fmap, "implicit", forward_solver=solver)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            loss = generic_loss(deq, y, physics, w)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            loss = generic_loss(deq, y, fmap.physics, w)
         grads[amp] = gradients(loss, fmap, y)
         assert deq.last_stats.backward[0].residual.max() < 1e-3
     for a, b in zip(grads[True], grads[False]):

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from conftest import DEVICES
 from eqdeq_cli.deq.solvers import SolverStats, anderson_solve, fixed_point_solve
 
 SOLVERS = [fixed_point_solve, anderson_solve]
@@ -206,22 +207,23 @@ def test_solver_configs_instantiate(name, func):
         assert cfg.forward.tol == cfg.eval.tol
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("solve", SOLVERS)
-def test_bf16_autocast_leaves_the_solver_arithmetic_in_float32(solve):
+def test_bf16_autocast_leaves_the_solver_arithmetic_in_float32(solve, device):
     # Under autocast the map keeps running under it (here its ops stay float32, as
     # elementwise ops do), but the solver's own inner products and mixing must not drop to
     # bfloat16: with them in bfloat16 Anderson stalls near a relative residual of 1e-3.
-    c = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    c = torch.randn(3, 50, generator=torch.Generator().manual_seed(0)).to(device)
     seen = []
 
     def f(z):
-        seen.append(torch.is_autocast_enabled("cpu"))
+        seen.append(torch.is_autocast_enabled(device))
         return 0.5 * z + c
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        z, stats = solve(f, torch.zeros(3, 50), max_iter=60, tol=1e-6)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        z, stats = solve(f, torch.zeros(3, 50, device=device), max_iter=60, tol=1e-6)
     assert all(seen) and seen
-    assert z.dtype == torch.float32
+    assert z.dtype == torch.float32 and z.device.type == device
     assert stats.converged.all()
     assert (z - 2 * c).norm() / (2 * c).norm() < 1e-5
 
