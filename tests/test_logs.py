@@ -58,6 +58,32 @@ def test_a_row_of_the_same_step_and_split_replaces_the_earlier_one(tmp_path):
     assert path.read_text().splitlines() == ["step,split,time_s,psnr", "2,val,1.0,20.0", "2,test,1.5,21.5"]
 
 
+def test_a_row_of_the_same_step_and_split_replaces_the_one_the_same_log_wrote(tmp_path):
+    path = tmp_path / "metrics.csv"
+    log = MetricsCSV(path)
+    log.append(2, "test", 1.0, {"psnr": 21.0})
+    log.append(2, "test", 1.5, {"psnr": 21.5})
+    log.purge(3)
+    log.append(3, "val", 2.0, {"psnr": 22.0})
+    log.append(3, "val", 2.5, {"psnr": 22.5})
+    assert path.read_text().splitlines() == ["step,split,time_s,psnr", "2,test,1.5,21.5", "3,val,2.5,22.5"]
+
+
+def test_an_append_of_a_new_row_does_not_read_the_file_back(tmp_path, monkeypatch):
+    """A long run appends one row per evaluation: the cost of a row does not grow with the file."""
+    path = tmp_path / "metrics.csv"
+    MetricsCSV(path).append(1, "val", 0.5, {"psnr": 20.0})
+    log = MetricsCSV(path)
+
+    def no_read(self):
+        raise AssertionError("metrics.csv read back for an append")
+
+    monkeypatch.setattr(MetricsCSV, "_rows", no_read)
+    for step in range(2, 50):
+        log.append(step, "val", float(step), {"psnr": 20.0 + step})
+    assert len(path.read_text().splitlines()) == 50
+
+
 def test_purge_drops_the_rows_a_run_writes_again(tmp_path):
     path = tmp_path / "metrics.csv"
     log = MetricsCSV(path)

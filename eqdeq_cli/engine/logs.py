@@ -46,24 +46,28 @@ class MetricsCSV:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._fields: list[str] | None = None
+        # (step, split) of the rows in the file, read once: an append that neither replaces a
+        # row nor widens the header does not read the file again.
+        self._keys: set[tuple[str, str]] = set()
         if self.path.is_file() and self.path.stat().st_size > 0:
             with self.path.open(newline="") as f:
                 self._fields = next(csv.reader(f), None)
+            self._keys = {(r.get("step"), r.get("split")) for r in self._rows()}
 
     def append(self, step: int, split: str, time_s: float, metrics: Mapping[str, float]) -> None:
         row: dict[str, Any] = {"step": step, "split": split, "time_s": round(time_s, 3), **metrics}
+        key = (str(step), split)
         if self._fields is None:
             self._fields = _csv_columns(row)
             self._rewrite([row])
-            return
-        rows = self._rows()
-        kept = [r for r in rows if (r.get("step"), r.get("split")) != (str(step), split)]
-        if not set(row) <= set(self._fields) or len(kept) < len(rows):
+        elif key in self._keys or not set(row) <= set(self._fields):
+            kept = [r for r in self._rows() if (r.get("step"), r.get("split")) != key]
             self._fields = _csv_columns({**dict.fromkeys(self._fields), **row})
             self._rewrite([*kept, row])
         else:
             with self.path.open("a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self._fields).writerow(row)
+        self._keys.add(key)
 
     def purge(self, step: int) -> None:
         """Drop the rows of steps ``>= step``: those a resumed run (from step ``step - 1``) or a
@@ -74,6 +78,7 @@ class MetricsCSV:
         kept = [r for r in rows if not (r.get("step", "").isdigit() and int(r["step"]) >= step)]
         if len(kept) < len(rows):
             self._rewrite(kept)
+        self._keys = {(r.get("step"), r.get("split")) for r in kept}
 
     def _rows(self) -> list[dict[str, str]]:
         with self.path.open(newline="") as f:
