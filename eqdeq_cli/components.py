@@ -78,17 +78,11 @@ def build_regularizer(cfg: DictConfig) -> Any:
 def unweighted_data_terms(loss: Any, physics: Any) -> list[str]:
     """Names of the loss's data-consistency terms (MC, SURE) that are not measured in the norm of
     the physics' ramp weight."""
-    from .losses import MCLoss, SURELoss
+    from .losses.base import WeightedDataTerm
 
-    out = []
-    for name, term in getattr(loss, "terms", {}).items():
-        if term.weight == 0:
-            continue
-        if isinstance(term, SURELoss):
-            out.append(f"'{name}' (SURE)")
-        elif isinstance(term, MCLoss) and resolve_preconditioner(term.preconditioner, type(physics)) == "none":
-            out.append(f"'{name}'")
-    return out
+    return [name for name, term in getattr(loss, "terms", {}).items()
+            if term.weight != 0 and isinstance(term, WeightedDataTerm)
+            and resolve_preconditioner(term.preconditioner, type(physics)) == "none"]
 
 
 def build_components(cfg: DictConfig) -> Components:
@@ -113,10 +107,10 @@ def build_components(cfg: DictConfig) -> Components:
     if preconditioned:
         plain = unweighted_data_terms(loss, physics)
         if plain:
-            fix = ("map.preconditioner=none" if any("SURE" in p for p in plain) else
-                   "loss.terms.mc.preconditioner=auto, or map.preconditioner=none")
             log.warning("the map's data step is ramp-preconditioned but the loss's data term %s is not; on brain "
                         "slices this pairing learned nothing (docs/experiments.md, section 6): use %s",
-                        ", ".join(plain), fix)
+                        ", ".join(f"'{name}'" for name in plain),
+                        " ".join(f"loss.terms.{name}.preconditioner=auto" for name in plain)
+                        + ", or map.preconditioner=none")
     return Components(data=data, physics=physics, group=group, denoiser=denoiser, deq=deq, loss=loss,
                       regularizer=regularizer)

@@ -299,3 +299,18 @@ def test_turns_that_are_not_integers_are_compared_as_given_not_sorted(tmp_path, 
         check_same_experiment(saved, {"seed": 0, "group": {**rotations, "turns": turns}}, tmp_path / "last.pt",
                               "auto")
     assert config_leaves({"group": {**rotations, "turns": turns}})["group.turns"] == json.dumps(turns)
+
+
+@pytest.mark.parametrize("physics, refused", [("eqdeq_cli.physics.CTRadon", True),
+                                              ("eqdeq_cli.physics.MRICartesian", False)])
+def test_a_robust_ei_run_from_before_the_weighted_sure_resumes_as_it_was_trained(tmp_path, physics, refused):
+    # loss=rei before loss.terms.sure.preconditioner existed: plain SURE; auto weights it on CT only
+    saved = {"physics": {"_target_": physics},
+             "loss": {"terms": {"sure": {"_target_": "eqdeq_cli.losses.SURELoss", "weight": 1.0}}}}
+    now = json.loads(json.dumps(saved))
+    now["loss"]["terms"]["sure"]["preconditioner"] = "auto"
+    if refused:
+        with pytest.raises(ResumeRefused, match="add loss.terms.sure.preconditioner=none to the command"):
+            check_same_experiment(saved, now, tmp_path / "last.pt", "auto")
+    else:
+        check_same_experiment(saved, now, tmp_path / "last.pt", "auto")

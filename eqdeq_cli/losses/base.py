@@ -11,6 +11,7 @@ the same ``α`` as in ``‖A x₁ − y‖² + α‖x₃ − x₂‖²``.
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
@@ -18,7 +19,10 @@ from torch import nn
 
 from ..groups import Group
 from ..physics import LinearPhysics
+from ..physics.base import check_preconditioner, resolve_preconditioner
 from ..utils.checks import check_real
+
+log = logging.getLogger(__name__)
 
 Reconstructor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -67,6 +71,43 @@ class LossTerm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight!r}"
+
+
+class WeightedDataTerm(LossTerm):
+    """A measurement-domain term that can measure residuals in the norm of the physics'
+    measurement weight ``P`` (:meth:`~eqdeq_cli.physics.base.LinearPhysics.precondition`; for CT,
+    FBP's ramp filter and view weights), scaled by ``c = trace(AᵀA) / trace(AᵀPA)`` (Hutchinson
+    estimates, computed on first use and logged) so that its scale, and with it the EI loss's
+    ``auto`` weight, stays that of the plain term.
+
+    ``preconditioner``: ``"none"``, ``"ramp"``, or ``"auto"`` (``ramp`` where the physics has a
+    measurement weight, i.e. CT). ``key`` names the config key in error messages.
+
+    Raises:
+        ValueError: an unknown ``preconditioner``; ``"ramp"`` with a physics that has none (on
+            first use).
+    """
+
+    key = "preconditioner"
+
+    def __init__(self, weight: float | str = 1.0, preconditioner: str = "none") -> None:
+        super().__init__(weight)
+        check_preconditioner(preconditioner, f"{type(self).__name__}: ")
+        self.preconditioner = preconditioner
+        self.scale: float | None = None
+
+    def weighted(self, physics: LinearPhysics) -> bool:
+        """Whether the residual is measured in the norm of ``P`` under ``physics``."""
+        return resolve_preconditioner(self.preconditioner, type(physics), f"{type(self).__name__}: ",
+                                      self.key) == "ramp"
+
+    def weight_scale(self, physics: LinearPhysics) -> float:
+        """``c = trace(AᵀA) / trace(AᵀPA)``, estimated on first use."""
+        if self.scale is None:
+            self.scale = physics.mean_eigenvalue() / physics.mean_eigenvalue(preconditioned=True)
+            log.info("%s in the ramp-weighted norm, scaled by trace(AᵀA)/trace(AᵀPA) = %.4g",
+                     type(self).__name__, self.scale)
+        return self.scale
 
 
 def sq_norm(r: torch.Tensor) -> torch.Tensor:

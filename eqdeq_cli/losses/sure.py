@@ -25,6 +25,13 @@ for linear ``h``). The derivatives are Monte-Carlo finite differences with probe
 
 (``E[(bᵢ² − 1) bⱼ bₖ] = 2δᵢⱼₖ``). Each probe costs one extra call of ``f`` (two for
 Poisson-Gaussian), differentiated like the first. Values are divided by ``n = C·H·W``.
+
+In the norm of a symmetric measurement weight ``P`` (CT's ramp filter; ``preconditioner``),
+Gaussian noise only, Stein's lemma gives the same kind of estimate of ``‖A f(y) − A x‖²_P``::
+
+      ‖h(y) − y‖²_P − σ² trace(P) + 2σ² div(P h)(y),   div(P h) ≈ (P b)ᵀ (h(y + τb) − h(y)) / τ
+
+scaled by ``c = trace(AᵀA) / trace(AᵀPA)`` like the weighted MC term.
 """
 from __future__ import annotations
 
@@ -34,9 +41,9 @@ from ..groups import Group
 from ..physics import LinearPhysics
 from ..utils.checks import check_int, check_real
 from ..utils.draws import randn_like
-from .base import LossTerm, Reconstructor, dot, image_elements, sq_norm
+from .base import Reconstructor, WeightedDataTerm, dot, image_elements, sq_norm
 
-class SURELoss(LossTerm):
+class SURELoss(WeightedDataTerm):
     r"""Stein's unbiased risk estimate of ``‖A x₁ − A x‖² / n``; replaces MC for noisy data.
 
     Args:
@@ -44,16 +51,27 @@ class SURELoss(LossTerm):
         tau: finite-difference step in measurement units (for float32 reconstructions keep
             it well above 1e-4 of the measurements' scale).
         n_probes: Monte-Carlo probes averaged for the divergence (each adds calls of ``f``).
+        preconditioner: ``"none"``, ``"ramp"`` or ``"auto"`` (``ramp`` on CT): estimate the
+            error in the norm of the physics' measurement weight ``P``, as the weighted
+            :class:`~eqdeq_cli.losses.MCLoss` measures the residual, to pair with a
+            ramp-preconditioned map (Gaussian or no noise only).
 
     The estimator follows ``physics.noise``: :class:`~eqdeq_cli.physics.GaussianNoise` →
     SURE (``sigma``), :class:`~eqdeq_cli.physics.PoissonNoise` → PURE (``gain``),
     :class:`~eqdeq_cli.physics.PoissonGaussianNoise` → PG-URE (``gain``, ``sigma``);
     noiseless measurements reduce it to MC. The noise model says which applies
     (:meth:`~eqdeq_cli.physics.NoiseModel.risk_parameters`); others raise ``ValueError``.
+
+    Raises:
+        ValueError: a bad ``tau``, ``n_probes`` or ``preconditioner``; on first use, ``ramp``
+            with a physics without a measurement weight, or the weighted norm with Poisson noise.
     """
 
-    def __init__(self, *, weight: float = 1.0, tau: float = 1e-3, n_probes: int = 1) -> None:
-        super().__init__(weight)
+    key = "loss.terms.sure.preconditioner"
+
+    def __init__(self, *, weight: float = 1.0, tau: float = 1e-3, n_probes: int = 1,
+                 preconditioner: str = "none") -> None:
+        super().__init__(weight, preconditioner)
         check_real("SURELoss: tau", tau, low=0.0)
         check_int("SURELoss: n_probes", n_probes, 1)
         self.tau = float(tau)
@@ -65,6 +83,16 @@ class SURELoss(LossTerm):
         gain, sigma = physics.noise.risk_parameters()
         gain, sigma2 = float(gain), float(sigma) ** 2
         h = physics.A(x1)
+        if self.weighted(physics):
+            if gain > 0:
+                raise ValueError("SURELoss: the ramp-weighted norm (loss.terms.sure.preconditioner, 'auto' on CT) "
+                                 "is available for Gaussian noise only, not PURE or PG-URE (Poisson noise): set "
+                                 "loss.terms.sure.preconditioner=none and map.preconditioner=none")
+            r = h - y
+            risk = dot(r, physics.precondition(r)) - sigma2 * physics.precondition_trace()
+            if sigma2 > 0:
+                risk = risk + 2 * sigma2 * self._divergence(y, h, f, physics, physics.precondition, generator)
+            return self.weight_scale(physics) * risk / image_elements(x1)
         m = y[0].numel()
         risk = sq_norm(h - y) - m * sigma2
         if gain > 0:
@@ -73,23 +101,32 @@ class SURELoss(LossTerm):
             risk = risk + 2 * self._derivative_terms(y, h, f, physics, sigma2, gain, generator)
         return risk / image_elements(x1)
 
+    def _divergence(self, y: torch.Tensor, h: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
+                    weigh, generator: torch.Generator | None) -> torch.Tensor:
+        """Monte-Carlo ``Σᵢ ∂ᵢ(W h)ᵢ`` for a symmetric ``W`` (``weigh``), per sample."""
+        total = torch.zeros(y.shape[0], dtype=h.dtype, device=h.device)
+        for _ in range(self.n_probes):
+            b = randn_like(y, generator)
+            total = total + dot(weigh(b), physics.A(f(y + self.tau * b)) - h) / self.tau
+        return total / self.n_probes
+
     def _derivative_terms(self, y: torch.Tensor, h: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
                           sigma2: float, gain: float, generator: torch.Generator | None) -> torch.Tensor:
         """Monte-Carlo ``Σᵢ wᵢ ∂ᵢhᵢ − γσ² Σᵢ ∂ᵢ²hᵢ`` with ``w = γy + σ²``, per sample."""
-        tau = self.tau
         weights = gain * y + sigma2
+        if not (gain > 0 and sigma2 > 0):
+            return self._divergence(y, h, f, physics, lambda b: weights * b, generator)
+        tau = self.tau
         total = torch.zeros(y.shape[0], dtype=h.dtype, device=h.device)
         for _ in range(self.n_probes):
             b = randn_like(y, generator)
             h_plus = physics.A(f(y + tau * b))
-            if gain > 0 and sigma2 > 0:
-                h_minus = physics.A(f(y - tau * b))
-                total = total + dot(weights * b, h_plus - h_minus) / (2 * tau)
-                second = 0.5 * dot(b * b - 1, h_plus + h_minus - 2 * h) / tau**2
-                total = total - gain * sigma2 * second
-            else:
-                total = total + dot(weights * b, h_plus - h) / tau
+            h_minus = physics.A(f(y - tau * b))
+            total = total + dot(weights * b, h_plus - h_minus) / (2 * tau)
+            second = 0.5 * dot(b * b - 1, h_plus + h_minus - 2 * h) / tau**2
+            total = total - gain * sigma2 * second
         return total / self.n_probes
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight!r}, tau={self.tau}, n_probes={self.n_probes}"
+        return (f"weight={self.weight!r}, tau={self.tau}, n_probes={self.n_probes}, "
+                f"preconditioner={self.preconditioner!r}")

@@ -17,13 +17,12 @@ import torch
 
 from ..groups import Group
 from ..physics import LinearPhysics
-from ..physics.base import check_preconditioner, resolve_preconditioner
-from .base import LossTerm, Reconstructor, dot, image_elements, sq_norm
+from .base import LossTerm, Reconstructor, WeightedDataTerm, dot, image_elements, sq_norm
 
 log = logging.getLogger(__name__)
 
 
-class MCLoss(LossTerm):
+class MCLoss(WeightedDataTerm):
     r"""Measurement consistency ``‖A x₁ − y‖² / n`` per sample (``n = C·H·W``).
 
     With ``preconditioner="ramp"`` (or ``"auto"`` with a physics that has a measurement weight,
@@ -31,8 +30,7 @@ class MCLoss(LossTerm):
     the physics' measurement weight ``P`` (:meth:`~eqdeq_cli.physics.base.LinearPhysics.precondition`;
     for CT, FBP's ramp filter and view weights): ``c ⟨r, P r⟩ / n``, a weighted least-squares
     data term that counts every measured frequency alike instead of the low ones most, with
-    ``c = trace(AᵀA) / trace(AᵀPA)`` (Hutchinson estimates, computed on first use and logged)
-    so that its scale, and with it the EI loss's ``auto`` weight, stays that of the plain term.
+    ``c = trace(AᵀA) / trace(AᵀPA)`` (:class:`~eqdeq_cli.losses.base.WeightedDataTerm`).
 
     With noisy measurements its minimiser overfits the noise; use :class:`SURELoss` there.
 
@@ -41,27 +39,18 @@ class MCLoss(LossTerm):
             (on first use).
     """
 
-    def __init__(self, *, weight: float = 1.0, preconditioner: str = "none") -> None:
-        super().__init__(weight)
-        check_preconditioner(preconditioner, "MCLoss: ")
-        self.preconditioner = preconditioner
-        self.scale: float | None = None
+    key = "loss.terms.mc.preconditioner"
 
-    def _scale(self, physics: LinearPhysics) -> float:
-        if self.scale is None:
-            self.scale = physics.mean_eigenvalue() / physics.mean_eigenvalue(preconditioned=True)
-            log.info("MC loss in the ramp-weighted norm, scaled by trace(AᵀA)/trace(AᵀPA) = %.4g", self.scale)
-        return self.scale
+    def __init__(self, *, weight: float = 1.0, preconditioner: str = "none") -> None:
+        super().__init__(weight, preconditioner)
 
     def per_sample(self, *, y: torch.Tensor, x1: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
                    group: Group | None, x: torch.Tensor | None,
                    generator: torch.Generator | None) -> torch.Tensor:
-        if resolve_preconditioner(self.preconditioner, type(physics), "MCLoss: ",
-                                  "loss.terms.mc.preconditioner") == "ramp":
-            scale = self._scale(physics)
-            r = physics.A(x1) - y
-            return scale * dot(r, physics.precondition(r)) / image_elements(x1)
-        return sq_norm(physics.A(x1) - y) / image_elements(x1)
+        r = physics.A(x1) - y
+        if self.weighted(physics):
+            return self.weight_scale(physics) * dot(r, physics.precondition(r)) / image_elements(x1)
+        return sq_norm(r) / image_elements(x1)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight!r}, preconditioner={self.preconditioner!r}"

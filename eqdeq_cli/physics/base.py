@@ -136,6 +136,16 @@ class LinearPhysics(nn.Module):
         ``A_dagger = Aᵀ P``."""
         return r
 
+    def precondition_trace(self) -> float:
+        """``trace(P)`` over one measurement (``meas_shape``), the constant of SURE in the norm of
+        ``P`` (:class:`~eqdeq_cli.losses.SURELoss`); the identity's: the number of measurement elements.
+
+        Raises:
+            NotImplementedError: a subclass that defines :meth:`precondition` but not this."""
+        if type(self).precondition is not LinearPhysics.precondition:
+            raise NotImplementedError(f"{type(self).__name__} defines precondition but not precondition_trace")
+        return float(math.prod(self.meas_shape))
+
     def AtPA(self, x: torch.Tensor) -> torch.Tensor:
         """``Aᵀ P A x`` (``AᵀA x`` for an operator without a preconditioner)."""
         return self.A_adjoint(self.precondition(self.A(x)))
@@ -201,7 +211,8 @@ class LinearPhysics(nn.Module):
         return conjugate_gradient(lambda v: self.AtA(v) + v / gamma, rhs, x0=z, n_iter=n_iter, tol=tol)
 
 
-#: Choices of a preconditioner setting (``map.preconditioner``, ``loss.terms.mc.preconditioner``).
+#: Choices of a preconditioner setting (``map.preconditioner``, ``loss.terms.mc.preconditioner``,
+#: ``loss.terms.sure.preconditioner``).
 PRECONDITIONERS = ("auto", "none", "ramp")
 
 

@@ -130,6 +130,13 @@ class CTRadon(LinearPhysics):
         weights = self._view_weights.to(device=r.device, dtype=r.dtype)[:, None]
         return self.filter_sinogram(r) * (weights * self.scale**2)
 
+    def precondition_trace(self) -> float:
+        r"""``trace(P)`` over one sinogram: :math:`\mathrm{scale}^2 \cdot C \cdot n_\mathrm{det}\, k_0 \sum_\theta w_\theta`,
+        ``k₀`` the ramp kernel's zero-lag tap (each detector's own weight in the zero-padded
+        convolution of :meth:`filter_sinogram`), exact."""
+        k0 = float(torch.fft.irfft(self._filter.detach().cpu().double(), n=self._n_pad)[0])
+        return self.scale**2 * self.channels * self.n_detectors * k0 * float(self._view_weights.double().sum())
+
     def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
         r"""Filtered back-projection :math:`\mathrm{scale}^2\cdot\sum_\theta w_\theta\,(h * y_\theta)(x\cdot n_\theta)`,
         ``w`` the views' weights (:func:`~eqdeq_cli.physics.ct_geometry.view_weights`): ``Aᵀ P y``."""

@@ -66,6 +66,7 @@ ADDED_KEYS: dict[str, Any] = {
     "group.interpolation": "bilinear",
     "map.preconditioner": "none",
     "loss.terms.mc.preconditioner": "none",
+    "loss.terms.sure.preconditioner": "none",
     "data.kind": "ellipses",
     "trainer.forward_tol_start": None,
     "trainer.forward_tol_ramp": 0.5,
@@ -249,7 +250,8 @@ def config_differences(saved: Any, new: Any) -> list[str]:
 
 #: Keys whose value ``auto`` stands for ``ramp`` under a physics with a measurement weight (CT)
 #: and for ``none`` under any other.
-AUTO_PRECONDITIONER_KEYS = (("map", "preconditioner"), ("loss", "terms", "mc", "preconditioner"))
+AUTO_PRECONDITIONER_KEYS = (("map", "preconditioner"), ("loss", "terms", "mc", "preconditioner"),
+                            ("loss", "terms", "sure", "preconditioner"))
 
 
 ROTATIONS = "eqdeq_cli.groups.Rotations"
