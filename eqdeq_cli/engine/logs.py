@@ -51,8 +51,9 @@ class MetricsCSV:
         self._keys: set[tuple[str, str]] = set()
         if self.path.is_file() and self.path.stat().st_size > 0:
             with self.path.open(newline="") as f:
-                self._fields = next(csv.reader(f), None)
-            self._keys = {(r.get("step"), r.get("split")) for r in self._rows()}
+                reader = csv.DictReader(f)
+                self._keys = {(r.get("step"), r.get("split")) for r in reader}
+                self._fields = reader.fieldnames
 
     def append(self, step: int, split: str, time_s: float, metrics: Mapping[str, float]) -> None:
         row: dict[str, Any] = {"step": step, "split": split, "time_s": round(time_s, 3), **metrics}
