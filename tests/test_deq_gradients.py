@@ -491,3 +491,20 @@ def test_the_sample_cache_round_trips_through_its_state():
     assert hits == 3 and torch.equal(start[1:], z[1:]) and torch.equal(start[0], torch.zeros_like(z[0]))
     with pytest.raises(ValueError, match=r"^a sample cache needs as many measurements as fixed points, got 1 and 0$"):
         again.load_state_dict({"y": [y[0]], "z": []})
+
+
+@pytest.mark.parametrize("stored, looked_up", [(8, 1), (1, 8), (8, 3)])
+def test_the_sample_cache_finds_a_sample_whatever_the_batch_sizes(stored, looked_up):
+    # measurements of the default CT size (25 views x 91 bins): a batched product of that length
+    # rounds a row differently with the batch size, so keys must not depend on it (a resumed run
+    # reloads its cache one sample at a time, then looks samples up in training batches)
+    from eqdeq_cli.deq.layer import FixedPointCache
+
+    gen = torch.Generator().manual_seed(3)
+    y, z = torch.randn(8, 1, 25, 91, generator=gen), torch.randn(8, 1, 16, 16, generator=gen)
+    cache = FixedPointCache(8)
+    for i in range(0, 8, stored):
+        cache.store(y[i:i + stored], z[i:i + stored])
+    for i in range(0, 8, looked_up):
+        start, hits = cache.fill(y[i:i + looked_up], torch.zeros_like(z[i:i + looked_up]))
+        assert hits == len(start) and torch.equal(start, z[i:i + looked_up])

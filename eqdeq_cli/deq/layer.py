@@ -72,7 +72,10 @@ class FixedPointCache:
         if spec not in self._weights:
             gen = torch.Generator().manual_seed(0x5EED)
             self._weights[spec] = torch.rand((flat.shape[1], 2), generator=gen, dtype=torch.float64).to(flat.device)
-        return [tuple(k) for k in (flat @ self._weights[spec]).tolist()]
+        # one product per sample: a batched product may round a row differently with the batch
+        # size, and a sample stored from one batch must be found from another (or from a checkpoint)
+        weights = self._weights[spec]
+        return [tuple((row @ weights).tolist()) for row in flat]
 
     def fill(self, y: torch.Tensor, z0: torch.Tensor) -> tuple[torch.Tensor, int]:
         """``z0`` with each sample found in the cache replaced by its stored fixed point; and the
