@@ -15,6 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from ..utils.checks import check_real
 from .optim_config import check_optimizer_and_scheduler
 
+#: ``trainer.forward_tol_start=auto`` starts the training solve at this multiple of the solver's
+#: tolerance (1e-3 for the shipped 1e-4: measured in docs/experiments.md, section 6).
+AUTO_TOL_FACTOR = 10.0
+
 
 @dataclass
 class EvalSettings:
@@ -74,7 +78,9 @@ class TrainerSettings:
             solver's ``tol`` over the first ``forward_tol_ramp`` of ``max_steps``
             (:func:`~eqdeq_cli.engine.schedules.tolerance_at`); logged as ``forward_tol``.
             At or above that ``tol``, and for a gradient mode that solves (implicit, jfb): the
-            trainer refuses others with a ``ValueError``.
+            trainer refuses others with a ``ValueError``. ``"auto"``: :data:`AUTO_TOL_FACTOR`
+            times the solver's ``tol`` where the gradient mode solves and the solver has a
+            positive ``tol``; otherwise ``None``.
         forward_tol_ramp: the share of ``max_steps``, in (0, 1], over which it falls.
     """
 
@@ -98,7 +104,7 @@ class TrainerSettings:
     tensorboard: bool = True
     contraction_every: int = 50
     contraction_iters: int = 10
-    forward_tol_start: float | None = None
+    forward_tol_start: float | str | None = None
     forward_tol_ramp: float = 0.5
 
     def __post_init__(self) -> None:
@@ -110,7 +116,11 @@ class TrainerSettings:
         for name in ("log_every", "eval_every", "checkpoint_every", "grad_clip", "contraction_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
-        if self.forward_tol_start is not None:
+        if isinstance(self.forward_tol_start, str):
+            if self.forward_tol_start != "auto":
+                raise ValueError(f"trainer.forward_tol_start must be a tolerance, auto or null, "
+                                 f"got {self.forward_tol_start!r}")
+        elif self.forward_tol_start is not None:
             check_real("trainer.forward_tol_start", self.forward_tol_start, low=0.0)
         check_real("trainer.forward_tol_ramp", self.forward_tol_ramp, low=0.0, high=1.0)
         if self.max_minutes is not None and not self.max_minutes > 0:

@@ -40,7 +40,7 @@ from ..analysis.contraction import spectral_norm_per_sample
 from .metrics import PSNR_CAP_DB, compared_images, psnr
 from .optim_config import build_optimizer, build_scheduler
 from .rng import capture_rng_state, data_order, restore_rng_state
-from .settings import EvalSettings, TrainerSettings
+from .settings import AUTO_TOL_FACTOR, EvalSettings, TrainerSettings
 from .schedules import follow_horizon, tolerance_at
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,19 @@ def solver_tolerance(solver: Callable[..., Any]) -> float:
         raise ValueError("trainer.forward_tol_start needs a forward solver with a tol option "
                          f"(solver.forward), got {getattr(func, '__name__', type(func).__name__)}")
     return float(param.default)
+
+
+def auto_forward_tol_start(deq: Any) -> float | None:
+    """``trainer.forward_tol_start=auto``: :data:`~eqdeq_cli.engine.settings.AUTO_TOL_FACTOR` times
+    the training solver's ``tol`` when the gradient mode runs a training solve (implicit, jfb)
+    and that solver has a positive ``tol``; ``None`` (no schedule) otherwise."""
+    if not deq.gradient.has_fixed_point:
+        return None
+    try:
+        tol = solver_tolerance(deq.forward_solver)
+    except ValueError:
+        return None
+    return AUTO_TOL_FACTOR * tol if tol > 0 else None
 
 
 class _RecordFirstOutput:
@@ -151,7 +164,10 @@ class Trainer:
         self.train_time_s = 0.0
         self.time_capped = False  # fit() ended at trainer.max_minutes before max_steps
         self.forward_solver, self.forward_tol = deq.forward_solver, None
-        if settings.forward_tol_start is not None:
+        self.forward_tol_start = settings.forward_tol_start
+        if self.forward_tol_start == "auto":
+            self.forward_tol_start = auto_forward_tol_start(deq)
+        if self.forward_tol_start is not None:
             if not deq.gradient.has_fixed_point:
                 raise ValueError(f"trainer.forward_tol_start sets the tolerance of the forward solve, which "
                                  f"grad={deq.grad} does not run; use grad=implicit or grad=jfb, or leave it at null")
@@ -159,8 +175,8 @@ class Trainer:
             if not self.forward_tol > 0:
                 raise ValueError(f"trainer.forward_tol_start falls to solver.forward.tol, which must then be > 0, "
                                  f"got {self.forward_tol}")
-            if settings.forward_tol_start < self.forward_tol:
-                raise ValueError(f"trainer.forward_tol_start={settings.forward_tol_start:g} is below "
+            if self.forward_tol_start < self.forward_tol:
+                raise ValueError(f"trainer.forward_tol_start={self.forward_tol_start:g} is below "
                                  f"solver.forward.tol={self.forward_tol:g}, the tolerance it falls to: give a "
                                  "start at or above it, or null")
         self.best: dict[str, float | int | None] = {"value": None, "step": None}
@@ -311,9 +327,9 @@ class Trainer:
         """Give the DEQ's training solve this step's tolerance (``trainer.forward_tol_start``);
         returns it, or ``None`` when the solver's own tolerance holds throughout."""
         s = self.settings
-        if s.forward_tol_start is None:
+        if self.forward_tol_start is None:
             return None
-        tol = tolerance_at(self.step, max_steps=s.max_steps, start=s.forward_tol_start, end=self.forward_tol,
+        tol = tolerance_at(self.step, max_steps=s.max_steps, start=self.forward_tol_start, end=self.forward_tol,
                            ramp=s.forward_tol_ramp)
         self.deq.forward_solver = functools.partial(self.forward_solver, tol=tol)
         return tol
