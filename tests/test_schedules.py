@@ -170,3 +170,29 @@ def test_a_tolerance_schedule_may_start_at_the_solvers_tolerance(compose_cfg, tm
     cfg = compose_cfg([*TINY, "trainer.max_steps=2", "trainer.forward_tol_start=1e-3", "solver.forward.tol=1e-3"])
     run.train(cfg, run_dir=tmp_path, callbacks=[tol])
     assert tol.tol == [1e-3, 1e-3]
+
+
+def test_auto_starts_at_ten_times_the_solvers_tolerance(compose_cfg, tmp_path):
+    from eqdeq_cli.engine.schedules import tolerance_at
+
+    tol = _RecordTolerance()
+    cfg = compose_cfg([*TINY, "trainer.max_steps=4", "trainer.forward_tol_start=auto", "trainer.forward_tol_ramp=0.5",
+                       "solver.forward.tol=2e-4"])
+    run.train(cfg, run_dir=tmp_path, callbacks=[tol])
+    assert tol.tol[0] == pytest.approx(2e-3, rel=1e-12)
+    assert tol.tol == pytest.approx([tolerance_at(t, max_steps=4, start=2e-3, end=2e-4, ramp=0.5) for t in range(4)],
+                                    rel=1e-12)
+
+
+@pytest.mark.parametrize("overrides", [["grad=unrolled"], ["solver.forward.tol=0"]])
+def test_auto_is_off_without_a_training_solve_or_a_positive_tolerance(compose_cfg, tmp_path, overrides):
+    seen = []
+    cfg = compose_cfg([*TINY, "trainer.max_steps=2", "trainer.forward_tol_start=auto", *overrides])
+    run.train(cfg, run_dir=tmp_path, callbacks=[lambda trainer: seen.append(trainer.forward_tol_start)])
+    assert seen == [None, None]  # no schedule: the solver's own tolerance throughout
+
+
+def test_forward_tol_start_refuses_another_word(compose_cfg, tmp_path):
+    cfg = compose_cfg([*TINY, "trainer.max_steps=2", "trainer.forward_tol_start=fast"])
+    with pytest.raises(ValueError, match=r"^trainer.forward_tol_start must be a tolerance, auto or null, got 'fast'$"):
+        run.train(cfg, run_dir=tmp_path)
