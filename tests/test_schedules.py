@@ -172,13 +172,16 @@ def test_a_tolerance_schedule_may_start_at_the_solvers_tolerance(compose_cfg, tm
     assert tol.tol == [1e-3, 1e-3]
 
 
-def test_auto_starts_at_ten_times_the_solvers_tolerance(compose_cfg, tmp_path):
+def test_auto_starts_at_ten_times_the_solvers_tolerance(compose_cfg, tmp_path, caplog):
     from eqdeq_cli.engine.schedules import tolerance_at
 
     tol = _RecordTolerance()
     cfg = compose_cfg([*TINY, "trainer.max_steps=4", "trainer.forward_tol_start=auto", "trainer.forward_tol_ramp=0.5",
                        "solver.forward.tol=2e-4"])
-    run.train(cfg, run_dir=tmp_path, callbacks=[tol])
+    with caplog.at_level(logging.INFO):
+        run.train(cfg, run_dir=tmp_path, callbacks=[tol])
+    assert "training solve tolerance: 0.002 at step 0, falling to 0.0002 over the first 0.5 of the run " \
+           "(trainer.forward_tol_start=auto)" in caplog.text
     assert tol.tol[0] == pytest.approx(2e-3, rel=1e-12)
     assert tol.tol == pytest.approx([tolerance_at(t, max_steps=4, start=2e-3, end=2e-4, ramp=0.5) for t in range(4)],
                                     rel=1e-12)

@@ -179,6 +179,9 @@ class Trainer:
                 raise ValueError(f"trainer.forward_tol_start={self.forward_tol_start:g} is below "
                                  f"solver.forward.tol={self.forward_tol:g}, the tolerance it falls to: give a "
                                  "start at or above it, or null")
+            log.info("training solve tolerance: %g at step 0, falling to %g over the first %g of the run "
+                     "(trainer.forward_tol_start=%s)", self.forward_tol_start, self.forward_tol,
+                     settings.forward_tol_ramp, settings.forward_tol_start)
         self.best: dict[str, float | int | None] = {"value": None, "step": None}
         self.lipschitz: float | None = None  # the latest contraction estimate (measure_contraction)
         self.fallbacks_total = 0
