@@ -288,3 +288,18 @@ def test_sure_in_the_ramp_weighted_norm_refuses_poisson_noise():
     plain = SURELoss(preconditioner="none")(y=ct.A(x1).clamp_min(0), x1=x1, f=lambda v: ct.A_adjoint(v),
                                             physics=ct, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(plain)
+
+
+def test_a_ct_rei_run_with_poisson_noise_is_refused_before_its_first_step(compose_cfg, tmp_path, monkeypatch):
+    from conftest import TINY
+
+    from eqdeq_cli.runs import train as run
+
+    calls = []
+    original = DEQ.forward
+    monkeypatch.setattr(DEQ, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    cfg = compose_cfg([*TINY, "physics=ct", "physics/noise=poisson", "loss=rei", "trainer.max_steps=2"])
+    with pytest.raises(ValueError, match=r"^SURELoss: the ramp-weighted norm .* set "
+                                         r"loss.terms.sure.preconditioner=none and map.preconditioner=none$"):
+        run.train(cfg, run_dir=tmp_path)
+    assert calls == [] and not (tmp_path / "checkpoints").exists()  # refused at start-up, not in a step

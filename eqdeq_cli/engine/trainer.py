@@ -134,6 +134,8 @@ class Trainer:
                  callbacks: tuple[StepCallback, ...] = (), dist: Distributed | None = None,
                  stop_event: threading.Event | None = None, regularizer: Any = None) -> None:
         self.deq, self.physics, self.group, self.loss = deq, physics, group, loss
+        if hasattr(loss, "check"):
+            loss.check(physics)  # a term that cannot work with this physics fails before training
         if regularizer is not None and not deq.gradient.has_fixed_point:
             raise ValueError(f"regularizer {type(regularizer).__name__} acts on the DEQ's fixed point, which "
                              f"grad={deq.grad} does not compute; use grad=implicit or grad=jfb")

@@ -58,6 +58,10 @@ class LossTerm(nn.Module):
             self.resolved_weight = float(self.auto_weight(physics))
         return self.resolved_weight
 
+    def check(self, physics: LinearPhysics) -> None:
+        """Raise ``ValueError`` now for a term that cannot be computed with ``physics`` (called at
+        start-up, so that a bad combination fails before any training); nothing by default."""
+
     def per_sample(self, *, y: torch.Tensor, x1: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
                    group: Group | None, x: torch.Tensor | None,
                    generator: torch.Generator | None) -> torch.Tensor:
@@ -100,6 +104,10 @@ class WeightedDataTerm(LossTerm):
         """Whether the residual is measured in the norm of ``P`` under ``physics``."""
         return resolve_preconditioner(self.preconditioner, type(physics), f"{type(self).__name__}: ",
                                       self.key) == "ramp"
+
+    def check(self, physics: LinearPhysics) -> None:
+        """Resolves the preconditioner: ``ramp`` with a physics without a measurement weight raises."""
+        self.weighted(physics)
 
     def weight_scale(self, physics: LinearPhysics) -> float:
         """``c = trace(AᵀA) / trace(AᵀPA)``, estimated on first use."""

@@ -42,6 +42,12 @@ class CompositeLoss(nn.Module):
         """Whether ``forward`` needs the ground truth ``x`` (a supervised term is present)."""
         return any(term.needs_ground_truth for term in self.terms.values())
 
+    def check(self, physics: LinearPhysics) -> None:
+        """Each term's :meth:`~eqdeq_cli.losses.base.LossTerm.check`: ``ValueError`` for a term that
+        cannot be computed with ``physics``."""
+        for term in self.terms.values():
+            term.check(physics)
+
     def forward(self, f: Reconstructor, y: torch.Tensor, physics: LinearPhysics, group: Group | None = None,
                 x: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:

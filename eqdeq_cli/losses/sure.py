@@ -63,8 +63,9 @@ class SURELoss(WeightedDataTerm):
     (:meth:`~eqdeq_cli.physics.NoiseModel.risk_parameters`); others raise ``ValueError``.
 
     Raises:
-        ValueError: a bad ``tau``, ``n_probes`` or ``preconditioner``; on first use, ``ramp``
-            with a physics without a measurement weight, or the weighted norm with Poisson noise.
+        ValueError: a bad ``tau``, ``n_probes`` or ``preconditioner``; in :meth:`check` (at the
+            trainer's start-up) or on first use, ``ramp`` with a physics without a measurement
+            weight, or the weighted norm with Poisson noise.
     """
 
     key = "loss.terms.sure.preconditioner"
@@ -84,10 +85,7 @@ class SURELoss(WeightedDataTerm):
         gain, sigma2 = float(gain), float(sigma) ** 2
         h = physics.A(x1)
         if self.weighted(physics):
-            if gain > 0:
-                raise ValueError("SURELoss: the ramp-weighted norm (loss.terms.sure.preconditioner, 'auto' on CT) "
-                                 "is available for Gaussian noise only, not PURE or PG-URE (Poisson noise): set "
-                                 "loss.terms.sure.preconditioner=none and map.preconditioner=none")
+            self.check(physics)
             r = h - y
             risk = dot(r, physics.precondition(r)) - sigma2 * physics.precondition_trace()
             if sigma2 > 0:
@@ -100,6 +98,14 @@ class SURELoss(WeightedDataTerm):
         if sigma2 > 0 or gain > 0:
             risk = risk + 2 * self._derivative_terms(y, h, f, physics, sigma2, gain, generator)
         return risk / image_elements(x1)
+
+    def check(self, physics: LinearPhysics) -> None:
+        """Raises ``ValueError`` for the weighted norm with Poisson noise (no weighted PURE), or
+        ``ramp`` with a physics without a measurement weight."""
+        if self.weighted(physics) and float(physics.noise.risk_parameters()[0]) > 0:
+            raise ValueError("SURELoss: the ramp-weighted norm (loss.terms.sure.preconditioner, 'auto' on CT) "
+                             "is available for Gaussian noise only, not PURE or PG-URE (Poisson noise): set "
+                             "loss.terms.sure.preconditioner=none and map.preconditioner=none")
 
     def _divergence(self, y: torch.Tensor, h: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
                     weigh, generator: torch.Generator | None) -> torch.Tensor:
