@@ -43,6 +43,12 @@ from ..utils.checks import check_int, check_real
 from ..utils.draws import randn_like
 from .base import Reconstructor, WeightedDataTerm, dot, image_elements, sq_norm
 
+#: The refusal of the weighted norm with Poisson noise (there is no weighted PURE).
+WEIGHTED_POISSON = ("SURELoss: the ramp-weighted norm (loss.terms.sure.preconditioner, 'auto' on CT) is available "
+                    "for Gaussian noise only, not PURE or PG-URE (Poisson noise): set "
+                    "loss.terms.sure.preconditioner=none and map.preconditioner=none")
+
+
 class SURELoss(WeightedDataTerm):
     r"""Stein's unbiased risk estimate of ``‖A x₁ − A x‖² / n``; replaces MC for noisy data.
 
@@ -85,7 +91,8 @@ class SURELoss(WeightedDataTerm):
         gain, sigma2 = float(gain), float(sigma) ** 2
         h = physics.A(x1)
         if self.weighted(physics):
-            self.check(physics)
+            if gain > 0:
+                raise ValueError(WEIGHTED_POISSON)
             r = h - y
             risk = dot(r, physics.precondition(r)) - sigma2 * physics.precondition_trace()
             if sigma2 > 0:
@@ -103,9 +110,7 @@ class SURELoss(WeightedDataTerm):
         """Raises ``ValueError`` for the weighted norm with Poisson noise (no weighted PURE), or
         ``ramp`` with a physics without a measurement weight."""
         if self.weighted(physics) and float(physics.noise.risk_parameters()[0]) > 0:
-            raise ValueError("SURELoss: the ramp-weighted norm (loss.terms.sure.preconditioner, 'auto' on CT) "
-                             "is available for Gaussian noise only, not PURE or PG-URE (Poisson noise): set "
-                             "loss.terms.sure.preconditioner=none and map.preconditioner=none")
+            raise ValueError(WEIGHTED_POISSON)
 
     def _divergence(self, y: torch.Tensor, h: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
                     weigh, generator: torch.Generator | None) -> torch.Tensor:
