@@ -71,6 +71,56 @@ def test_report_of_a_scaled_identity_denoiser():
     json.dumps(report)  # JSON-ready
 
 
+def test_error_split_of_a_scaled_identity_denoiser():
+    """D = 0.5·I on inpainting: the fixed point is 0.5·M x (half the measured pixels, zero elsewhere), so
+    the error is −0.5·M x in the range and −(I − M) x in the nullspace; A†y = M x errs in the nullspace only."""
+    deq, physics = _deq(Scale(0.5))
+    x = torch.rand(3, 1, 12, 12, dtype=torch.float64) + 0.1
+    settings = AnalysisSettings(n_images=3, n_elements=1, n_probes=1, power_iter=2, identifiability_samples=0)
+    report = analyze_deq(deq, Shifts(), physics.A(x), x, settings=settings)
+    s = report["summary"]
+    m = physics.A_adjoint(physics.A(torch.ones_like(x)))  # the mask, 1 on measured pixels
+    norm = x.flatten(1).norm(dim=1)
+    measured = ((m * x).flatten(1).norm(dim=1) / norm).mean().item()
+    hidden = (((1 - m) * x).flatten(1).norm(dim=1) / norm).mean().item()
+    assert 0.3 < hidden < 0.8
+    assert s["err_range"] == pytest.approx(0.5 * measured, rel=1e-8)
+    assert s["err_nullspace"] == pytest.approx(hidden, rel=1e-8)
+    assert s["err_range_init"] == pytest.approx(0.0, abs=1e-12)
+    assert s["err_nullspace_init"] == pytest.approx(hidden, rel=1e-8)
+    assert report["error_split"]["reconstruction"]["method"] == "A_dagger"
+    assert report["error_split"]["A_dagger"]["null_fraction_mean"] == pytest.approx(hidden, rel=1e-8)
+
+
+def test_error_split_without_images_is_nan():
+    deq, physics = _deq(Scale(0.5))
+    x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
+    settings = AnalysisSettings(n_images=2, n_elements=1, n_probes=1, power_iter=2, identifiability_samples=0)
+    report = analyze_deq(deq, Shifts(), physics.A(x), None, settings=settings)
+    assert report["error_split"] is None
+    assert all(math.isnan(report["summary"][k]) for k in ("err_range", "err_nullspace", "err_range_init"))
+
+
+def test_error_split_least_squares_projection_on_ct():
+    """CT's FBP is no pseudo-inverse: the nullspace part comes from conjugate gradients, and the two
+    parts are orthogonal (their squares add up to the whole error)."""
+    from eqdeq_cli.analysis import error_split
+    from eqdeq_cli.physics import CTRadon
+
+    physics = CTRadon(img_size=16, channels=1, n_views=5).double()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 16, 16, generator=gen, dtype=torch.float64)
+    estimate = x + 0.1 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    out = error_split(physics, estimate, x)
+    assert out["method"] == "least_squares"
+    whole = ((estimate - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)).tolist()
+    for r, n, w in zip(out["range"], out["nullspace"], whole):
+        assert r ** 2 + n ** 2 == pytest.approx(w ** 2, rel=1e-4)  # to the CG residual
+        assert n > 0.3 * w  # 5 views of a 16x16 image: most of the space is unmeasured
+    with pytest.raises(ValueError, match=r"error_split: estimate of shape \(2, 1, 8, 8\)"):
+        error_split(physics, estimate[..., :8, :8], x)
+
+
 def test_report_detects_an_asymmetric_jacobian():
     deq, physics = _deq(RollRight())
     x = torch.rand(2, 1, 12, 12, dtype=torch.float64)

@@ -19,6 +19,9 @@ For measurements ``y`` (``B`` test samples) and the DEQ's fixed points ``z* = T(
   the eval solver achieved, ``(r_K/r_0)^{1/K}`` from its residual history.
 * **Identifiability** of the operator under the group (``ρ`` of
   :func:`~eqdeq_cli.analysis.identifiability`).
+* **Error split** (when the images are known; :func:`~eqdeq_cli.analysis.error_split`):
+  the error of the reconstructions and of ``A†y`` in the range of ``Aᵀ`` and in the
+  nullspace of ``A``, relative to ``‖x‖`` — how much of what ``A`` cannot see was learned.
 
 :func:`analyze_deq` returns a JSON-ready dict whose ``"summary"`` holds the scalars the
 sweep collector tabulates; :func:`plot_analysis` draws it.
@@ -37,6 +40,7 @@ import torch
 from ..utils.checks import check_int
 from .contraction import convergence_rate, spectral_norm_per_sample
 from .equivariance import equivariance_error, measure_then_reconstruct
+from .error_split import error_split
 from .identifiability import identifiability
 from .jacobian import jacobian_asymmetry
 
@@ -48,6 +52,7 @@ __all__ = ["AnalysisSettings", "analysis_stages", "analyze_deq", "denoiser_input
 SUMMARY_KEYS: tuple[str, ...] = (
     "equiv_denoiser", "equiv_reconstructor", "jac_asym_denoiser", "jac_asym_learned",
     "eig_min", "eig_max", "lipschitz_max", "lipschitz_mean", "conv_rate", "solver_iters", "ident_rho",
+    "err_range", "err_nullspace", "err_range_init", "err_nullspace_init",
 )
 
 
@@ -126,6 +131,10 @@ def analyze_deq(deq: torch.nn.Module, group: Any, y: torch.Tensor, x: torch.Tens
             z_star = deq(y)
             stats = deq.last_stats.forward
             ctx = fmap.prepare(y)
+        errors = None
+        if x is not None:
+            errors = {"reconstruction": error_split(physics, z_star, x),
+                      "A_dagger": error_split(physics, physics.A_dagger(y), x)}
         done("solve")
         u_star = denoiser_input(fmap, z_star, ctx)
         h, w = z_star.shape[-2:]
@@ -163,6 +172,9 @@ def analyze_deq(deq: torch.nn.Module, group: Any, y: torch.Tensor, x: torch.Tens
         "solver_iters": float(stats.iterations),
         "ident_rho": ident["rho_mean"] if ident is not None else math.nan,
     }
+    for suffix, key in (("", "reconstruction"), ("_init", "A_dagger")):
+        for part in ("range", "nullspace"):
+            summary[f"err_{part}{suffix}"] = errors[key][f"{part}_mean"] if errors is not None else math.nan
     return {
         "summary": summary,
         "n_images": int(y.shape[0]),
@@ -181,6 +193,7 @@ def analyze_deq(deq: torch.nn.Module, group: Any, y: torch.Tensor, x: torch.Tens
                         "solver_converged": stats.converged.detach().cpu().tolist(),
                         "residual_history": history, "convergence_rate": summary["conv_rate"]},
         "identifiability": ident,
+        "error_split": errors,
     }
 
 

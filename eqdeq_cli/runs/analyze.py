@@ -82,6 +82,9 @@ def analyze_checkpoint(cfg: DictConfig, ckpt: str | Path, *, out_dir: str | Path
              "%.3g), eigenvalues [%.3g, %.3g] | ‖∂T/∂z‖ %.3g, solver rate %.3g -> %s", ckpt, s["equiv_denoiser"],
              s["equiv_reconstructor"], s["jac_asym_denoiser"], s["jac_asym_learned"], s["eig_min"], s["eig_max"],
              s["lipschitz_max"], s["conv_rate"], out / "analysis.json")
+    if report.get("error_split") is not None:
+        log.info("error relative to ‖x‖: range of Aᵀ %.3g, nullspace of A %.3g (A†y: %.3g, %.3g)", s["err_range"],
+                 s["err_nullspace"], s["err_range_init"], s["err_nullspace_init"])
     return report
 
 
