@@ -17,8 +17,8 @@ EXACT_GROUPS = {
     "shifts": lambda: Shifts(),
     "shifts_max2": lambda: Shifts(max_shift=2),
     "reflections_both": lambda: Reflections(axes="both"),
-    "reflections_h": lambda: Reflections(axes="horizontal"),
-    "reflections_v": lambda: Reflections(axes="vertical"),
+    "reflections_h": lambda: Reflections(axes="horizontal", identity=True),
+    "reflections_v": lambda: Reflections(axes="vertical", identity=True),
     "rot90": lambda: Rotations(exact=True),
     "rot90_all": lambda: Rotations(exact=True, turns=[0, 1, 2, 3]),
 }
@@ -99,10 +99,12 @@ def test_reflections_elements():
     out = Reflections().apply(x, g)
     assert torch.equal(out[0], x[0]) and torch.equal(out[1], x[1].flip(-1))
     assert torch.equal(out[2], x[2].flip(-2)) and torch.equal(out[3], x[3].flip(-1).flip(-2))
-    s = Reflections(axes="both").sample(400, generator=gen(0))
-    assert len({tuple(e.tolist()) for e in s}) == 4  # identity included
-    assert not Reflections(axes="horizontal").sample(400, generator=gen(0))[:, 1].any()
-    assert not Reflections(axes="vertical").sample(400, generator=gen(0))[:, 0].any()
+    drawn = lambda group: {tuple(e.tolist()) for e in group.sample(400, generator=gen(0))}  # noqa: E731
+    assert drawn(Reflections(axes="both")) == {(True, False), (False, True), (True, True)}
+    assert drawn(Reflections(axes="both", identity=True)) == {(False, False), (True, False), (False, True),
+                                                              (True, True)}
+    assert drawn(Reflections(axes="horizontal")) == {(True, False)}
+    assert drawn(Reflections(axes="vertical", identity=True)) == {(False, False), (False, True)}
 
 
 def test_exact_rotations_match_rot90_and_continuous_rotations_agree():

@@ -83,6 +83,19 @@ def test_phantom_runs_from_before_data_kind_resume_as_ellipses():
     assert "data.kind" not in config_leaves({"data": {"_target_": "eqdeq_cli.data.BrainTemplateData"}})
 
 
+def test_reflection_runs_from_before_identity_resume_drawing_the_identity(tmp_path):
+    flips = {"_target_": "eqdeq_cli.groups.Reflections", "axes": "both"}
+    saved = {"group": dict(flips)}
+    assert config_differences(saved, {"group": {**flips, "identity": True}}) == []
+    found = _differences(saved, {"group": {**flips, "identity": False}})
+    assert [_describe(d) for d in found] == ["group.identity: (absent) → false"]
+    assert restoring_overrides(found) == ["group.identity=true"]
+    with pytest.raises(ResumeRefused, match="add group.identity=true to the command"):
+        check_same_experiment(saved, {"group": {**flips, "identity": False}}, tmp_path / "last.pt", "auto")
+    assert config_leaves(saved)["group.identity"] == "true"
+    assert "group.identity" not in config_leaves({"group": {"_target_": "eqdeq_cli.groups.Shifts"}})
+
+
 def test_a_run_whose_default_changed_since_is_told_the_override_that_continues_it(tmp_path):
     # a checkpoint written before group.interpolation existed and while rotations were continuous
     saved = {"seed": 0, "group": {"_target_": "eqdeq_cli.groups.Rotations", "max_angle": 180.0, "exact": False,

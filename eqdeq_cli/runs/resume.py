@@ -70,9 +70,11 @@ ADDED_KEYS: dict[str, Any] = {
     "data.kind": "ellipses",
     "trainer.forward_tol_start": None,
     "trainer.forward_tol_ramp": 0.5,
+    "group.identity": True,
 }
 #: Keys of :data:`ADDED_KEYS` that only nodes of one class have (the parent node's ``_target_``).
-ADDED_KEY_CLASSES: dict[str, str] = {"data.kind": "eqdeq_cli.data.PhantomData"}
+ADDED_KEY_CLASSES: dict[str, str] = {"data.kind": "eqdeq_cli.data.PhantomData",
+                                     "group.identity": "eqdeq_cli.groups.Reflections"}
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
