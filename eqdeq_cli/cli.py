@@ -22,7 +22,7 @@ COMMANDS = {
     "train": ("eqdeq_cli.commands.train", HYDRA_COMMANDS["train"]),
     "eval": ("eqdeq_cli.commands.eval", HYDRA_COMMANDS["eval"]),
     "collect": ("eqdeq_cli.commands.collect", "tabulate the metrics of a sweep directory (eqdeq collect DIR)"),
-    "analyze": ("eqdeq_cli.commands.analyze", "analyse a trained model: equivariance, Jacobian symmetry, contraction (eqdeq analyze ckpt=PATH)"),
+    "analyze": ("eqdeq_cli.commands.analyze", "analyse a trained model: equivariance, Jacobian symmetry, contraction, where the error lies (eqdeq analyze ckpt=PATH)"),
 }
 
 USAGE = """usage: eqdeq <command> [arguments]
