@@ -65,7 +65,8 @@ def make_deq(fmap, grad: str, **options) -> DEQ:
 
 def reference_map(fmap, y: torch.Tensor):
     """The map written out from its definition, independent of ``fmap.prepare`` / ``fmap.forward``."""
-    physics, denoiser, gamma = fmap.physics, fmap.denoiser, fmap.step.to(y.dtype)
+    physics, gamma = fmap.physics, fmap.step.to(y.dtype)
+    denoiser = fmap.denoiser if fmap.clip is None else (lambda u: fmap.denoiser(u).clamp(*fmap.clip))
     Aty = physics.A_adjoint(y)
     eta = fmap.anchor
     x0 = physics.A_dagger(y)
@@ -121,11 +122,19 @@ def ei_loss(f, y, physics, alpha: float = 0.5):
 
 
 @pytest.mark.parametrize("map_cls, options", [(ProxGradMap, {}), (ProxGradMap, {"anchor": 0.3}),
+                                              (ProxGradMap, {"clip": (0.2, 0.6)}),
                                               (HQSMap, {"cg_iters": 4, "cg_tol": 0.0}),
-                                              (HQSMap, {"cg_iters": 4, "cg_tol": 0.0, "anchor": 0.3})],
-                         ids=["prox_grad", "prox_grad_anchored", "hqs", "hqs_anchored"])
+                                              (HQSMap, {"cg_iters": 4, "cg_tol": 0.0, "anchor": 0.3}),
+                                              (HQSMap, {"cg_iters": 4, "cg_tol": 0.0, "clip": (0.2, 0.6)})],
+                         ids=["prox_grad", "prox_grad_anchored", "prox_grad_clipped", "hqs", "hqs_anchored",
+                              "hqs_clipped"])
 def test_implicit_gradient_matches_long_unrolling_from_the_fixed_point(map_cls, options):
     fmap, physics, y = make_problem(map_cls, **options)
+    if "clip" in options:  # the box binds on part of the fixed point, not on all of it
+        with torch.no_grad():
+            z = make_deq(fmap, "implicit")(y)
+        at_bounds = ((z == options["clip"][0]) | (z == options["clip"][1])).double().mean()
+        assert 0.05 < at_bounds < 0.95
     y = y.requires_grad_()
     w = torch.randn(y.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=DT)
     deq = make_deq(fmap, "implicit")
@@ -328,7 +337,7 @@ def test_an_option_the_map_does_not_take_is_named_with_the_maps_options():
     cfg.map.preconditioner = "ramp"  # a ProxGradMap option
     fmap, physics, _ = make_problem()
     with pytest.raises(ValueError, match=r"^map: HQSMap has no option 'preconditioner'; its options: step_init, "
-                                         r"learn_step, cg_iters, cg_tol, anchor$"):
+                                         r"learn_step, cg_iters, cg_tol, anchor, clip$"):
         build_reconstructor(cfg, physics, fmap.denoiser)
 
 
@@ -508,3 +517,15 @@ def test_the_sample_cache_finds_a_sample_whatever_the_batch_sizes(stored, looked
     for i in range(0, 8, looked_up):
         start, hits = cache.fill(y[i:i + looked_up], torch.zeros_like(z[i:i + looked_up]))
         assert hits == len(start) and torch.equal(start, z[i:i + looked_up])
+
+
+def test_a_clipped_map_projects_onto_its_box_and_refuses_a_bad_box_or_complex_images():
+    fmap, physics, y = make_problem(clip=(0.0, 0.5))
+    z = fmap(torch.randn(3, 1, 8, 8, dtype=DT), fmap.prepare(y))
+    assert float(z.min()) >= 0.0 and float(z.max()) <= 0.5 and bool((z == 0.5).any())
+    for bad in ([1, 0], [0], "0,1", [0, float("inf")], [True, 2]):
+        with pytest.raises(ValueError, match=r"^map.clip must be null or \[low, high\] with low < high"):
+            ProxGradMap(nn.Identity(), physics, clip=bad)
+    mri = MRICartesian(img_size=8, channels=2, acceleration=2, seed=0)
+    with pytest.raises(ValueError, match="map.clip needs real images; MRICartesian reconstructs complex ones"):
+        HQSMap(nn.Identity(), mri, clip=[0, 1])

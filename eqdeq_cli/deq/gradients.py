@@ -139,7 +139,7 @@ class ImplicitGradient(_FixedPointMode):
     direction under the same contraction conditions; Fung et al. 2022) instead of a wrong
     one. Such samples are counted in :attr:`DEQStats.fallbacks` and logged by the trainer.
 
-    Maps of the form ``T(z) = D(u(z))`` whose inner step has a closed-form transpose
+    Maps of the form ``T(z) = D(u(z))`` (``D`` with the map's box projection, ``fmap.denoise``) whose inner step has a closed-form transpose
     (:class:`~eqdeq_cli.deq.maps.ProxGradMap`: ``u = (1 − η)(z − γAᵀ(Az − y)) + η A†y``,
     ``(∂u/∂z)ᵀ = (1 − η)(I − γAᵀA)``) expose ``data_step`` and ``data_step_vjp``; with
     ``closed_form_vjp`` each backward iteration then differentiates only the denoiser by
@@ -188,7 +188,7 @@ class ImplicitGradient(_FixedPointMode):
         fmap = deq.fmap
         if self.closed_form_vjp and hasattr(fmap, "data_step_vjp"):
             u = fmap.data_step(z_leaf, ctx)
-            return _ImplicitBackward.apply(fmap.denoiser(u), u, fmap.data_step_vjp, self, stats)
+            return _ImplicitBackward.apply(fmap.denoise(u), u, fmap.data_step_vjp, self, stats)
         return _ImplicitBackward.apply(fmap(z_leaf, ctx), z_leaf, None, self, stats)
 
     def extra_repr(self) -> str:

@@ -9,6 +9,11 @@ Both maps take ``anchor = η ∈ [0, 1)``: the denoiser's input ``u(z)`` is repl
 ``(1 − η) u(z) + η A†y``, so ``Lip_z(T) ≤ (1 − η) Lip(D)`` also on the nullspace of ``A``,
 where ``u`` alone is the identity (docs/stability.md).
 
+Both maps take ``clip = (low, high)``: the denoiser's output is projected onto the box
+``[low, high]`` (``T = Π_box ∘ D ∘ u``), the constraint of projected plug-and-play
+iterations for images known to lie in a range (attenuation and intensities are
+non-negative). The projection is non-expansive, so it keeps a contractive map contractive.
+
 The step ``γ > 0`` is stored as ``log γ`` (a parameter when ``learn_step``, else a
 buffer) and initialised to ``step_init`` or ``1/‖A‖²``. The gradient step
 ``z ↦ z − γAᵀ(Az − y)`` is non-expansive for ``γ ∈ (0, 2/‖A‖²]`` (its Jacobian
@@ -19,6 +24,7 @@ same holds for the preconditioned step ``z − γAᵀP(Az − y)`` with ``‖A�
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,10 +55,12 @@ class _StepMap(nn.Module):
     """Shared parts: the denoiser, the physics, the positive step ``γ``."""
 
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, step_init: float | None,
-                 learn_step: bool, anchor: float = 0.0, preconditioned: bool = False) -> None:
+                 learn_step: bool, anchor: float = 0.0, preconditioned: bool = False,
+                 clip: Sequence[float] | None = None) -> None:
         super().__init__()
         check_real("anchor", anchor, low=0.0, high=1.0, low_inclusive=True, high_inclusive=False)
         self.anchor = float(anchor)
+        self.clip = _check_clip(clip, physics)
         if not isinstance(denoiser, nn.Module):
             raise TypeError(f"denoiser must be an nn.Module, got {type(denoiser).__name__}")
         if not isinstance(physics, LinearPhysics):
@@ -105,6 +113,28 @@ class _StepMap(nn.Module):
         """Starting point ``z₀ = A†y`` (FBP, zero-filled inverse FFT, masked image, ...)."""
         return self.physics.A_dagger(y)
 
+    def denoise(self, u: torch.Tensor) -> torch.Tensor:
+        """``D_θ(u)``, projected onto ``[low, high]`` when the map clips."""
+        out = self.denoiser(u)
+        return out if self.clip is None else out.clamp(*self.clip)
+
+
+def _check_clip(clip: Sequence[float] | None, physics: LinearPhysics) -> tuple[float, float] | None:
+    """``clip`` as ``(low, high)``, or ``None``; ``ValueError`` for anything but two finite
+    numbers with ``low < high``, or for a physics whose images are complex (no order)."""
+    if clip is None:
+        return None
+    values = None if isinstance(clip, (str, bytes)) or not hasattr(clip, "__iter__") else list(clip)
+    if values is None or len(values) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values) \
+            or not values[0] < values[1]:
+        raise ValueError(f"map.clip must be null or [low, high] with low < high (e.g. [0, 1] for images in "
+                         f"[0, data_range]), got {clip!r}")
+    if getattr(physics, "complex_images", False):
+        raise ValueError(f"map.clip needs real images; {type(physics).__name__} reconstructs complex ones "
+                         "(two channels): leave map.clip at null")
+    return float(values[0]), float(values[1])
+
 
 class ProxGradMap(_StepMap):
     r"""Proximal-gradient map ``T(z; y) = D_θ(z − γ (AᵀA z − Aᵀy))`` (``AᵀP`` for ``Aᵀ``
@@ -134,11 +164,14 @@ class ProxGradMap(_StepMap):
             frequency as ``AᵀA``'s eigenvalues do: on 25-view CT at 64², 96 % of ``AᵀA``'s
             eigenvalues lie below 5 % of the largest, against 62 % with ``P`` (59 % below 0.1 %:
             essentially the nullspace).
+        clip: ``None`` or ``(low, high)``: project the denoiser's output onto that box (module
+            notes).
 
     Raises:
         ValueError: a step that is not a positive finite number, ``step_init > step_max``,
-            ``anchor`` outside ``[0, 1)``, an unknown ``preconditioner``, or ``"ramp"`` with a
-            physics that has none (MRI and inpainting: ``AᵀA`` is already a projection).
+            ``anchor`` outside ``[0, 1)``, an unknown ``preconditioner``, ``"ramp"`` with a
+            physics that has none (MRI and inpainting: ``AᵀA`` is already a projection), or a
+            ``clip`` that is not ``low < high`` or given for complex images.
 
     Example:
         >>> from eqdeq_cli.physics import DenseMatrixPhysics
@@ -151,10 +184,10 @@ class ProxGradMap(_StepMap):
 
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
                  learn_step: bool = True, step_max: float | None = None, anchor: float = 0.0,
-                 preconditioner: str = "none") -> None:
+                 preconditioner: str = "none", clip: Sequence[float] | None = None) -> None:
         self.preconditioner = resolve_preconditioner(preconditioner, type(physics), key="map.preconditioner")
         super().__init__(denoiser, physics, step_init, learn_step, anchor,
-                         preconditioned=self.preconditioner == "ramp")
+                         preconditioned=self.preconditioner == "ramp", clip=clip)
         if step_max is None:
             step_max = 2.0 / self.operator_norm() ** 2
         check_real("step_max", step_max, low=0.0)
@@ -189,7 +222,7 @@ class ProxGradMap(_StepMap):
             return (1.0 - self.anchor) * v if self.anchor > 0 else v
 
     def forward(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
-        return self.denoiser(self.data_step(z, ctx))
+        return self.denoise(self.data_step(z, ctx))
 
 
 class HQSMap(_StepMap):
@@ -210,12 +243,13 @@ class HQSMap(_StepMap):
         cg_tol: relative residual at which CG stops early.
         anchor: ``η ∈ [0, 1)``: the denoiser sees ``(1 − η) prox_{γf}(z) + η A†y`` (as in
             :class:`ProxGradMap`; the proximal map is also the identity on the nullspace).
+        clip: ``None`` or ``(low, high)``: project the denoiser's output onto that box.
     """
 
     def __init__(self, denoiser: nn.Module, physics: LinearPhysics, *, step_init: float | None = None,
                  learn_step: bool = True, cg_iters: int = 10, cg_tol: float = 1e-6,
-                 anchor: float = 0.0) -> None:
-        super().__init__(denoiser, physics, step_init, learn_step, anchor)
+                 anchor: float = 0.0, clip: Sequence[float] | None = None) -> None:
+        super().__init__(denoiser, physics, step_init, learn_step, anchor, clip=clip)
         check_int("cg_iters", cg_iters, 1)
         if isinstance(cg_tol, bool) or not isinstance(cg_tol, (int, float)) or not cg_tol >= 0:
             raise ValueError(f"cg_tol must be a number >= 0, got {cg_tol!r}")
@@ -232,4 +266,4 @@ class HQSMap(_StepMap):
                                   x0=z, n_iter=self.cg_iters, tol=self.cg_tol)
 
     def forward(self, z: torch.Tensor, ctx: MapContext) -> torch.Tensor:
-        return self.denoiser(self.anchored(self.prox(z, ctx), ctx))
+        return self.denoise(self.anchored(self.prox(z, ctx), ctx))

@@ -71,6 +71,7 @@ ADDED_KEYS: dict[str, Any] = {
     "trainer.forward_tol_start": None,
     "trainer.forward_tol_ramp": 0.5,
     "group.identity": True,
+    "map.clip": None,
 }
 #: Keys of :data:`ADDED_KEYS` that only nodes of one class have (the parent node's ``_target_``).
 ADDED_KEY_CLASSES: dict[str, str] = {"data.kind": "eqdeq_cli.data.PhantomData",
