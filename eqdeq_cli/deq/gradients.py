@@ -139,9 +139,9 @@ class ImplicitGradient(_FixedPointMode):
     direction under the same contraction conditions; Fung et al. 2022) instead of a wrong
     one. Such samples are counted in :attr:`DEQStats.fallbacks` and logged by the trainer.
 
-    Maps of the form ``T(z) = D(u(z))`` (``D`` with the map's box projection, ``fmap.denoise``) whose inner step has a closed-form transpose
-    (:class:`~eqdeq_cli.deq.maps.ProxGradMap`: ``u = (1 − η)(z − γAᵀ(Az − y)) + η A†y``,
-    ``(∂u/∂z)ᵀ = (1 − η)(I − γAᵀA)``) expose ``data_step`` and ``data_step_vjp``; with
+    Maps of the form ``T(z) = D(u(z))`` (``D`` with the map's box projection, ``fmap.denoise``)
+    whose inner step has a closed-form transpose (:class:`~eqdeq_cli.deq.maps.ProxGradMap`:
+    ``u = (1 − η)(z − γAᵀ(Az − y)) + η A†y``, ``(∂u/∂z)ᵀ = (1 − η)(I − γAᵀA)``) expose ``data_step`` and ``data_step_vjp``; with
     ``closed_form_vjp`` each backward iteration then differentiates only the denoiser by
     autograd and applies ``(1 − η)(I − γAᵀA)`` directly: the same ``Jᵀv``, without recording
     or replaying the operator's graph.
