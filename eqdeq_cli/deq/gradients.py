@@ -141,10 +141,10 @@ class ImplicitGradient(_FixedPointMode):
 
     Maps of the form ``T(z) = D(u(z))`` (``D`` with the map's box projection, ``fmap.denoise``)
     whose inner step has a closed-form transpose (:class:`~eqdeq_cli.deq.maps.ProxGradMap`:
-    ``u = (1 − η)(z − γAᵀ(Az − y)) + η A†y``, ``(∂u/∂z)ᵀ = (1 − η)(I − γAᵀA)``) expose ``data_step`` and ``data_step_vjp``; with
-    ``closed_form_vjp`` each backward iteration then differentiates only the denoiser by
-    autograd and applies ``(1 − η)(I − γAᵀA)`` directly: the same ``Jᵀv``, without recording
-    or replaying the operator's graph.
+    ``u = (1 − η)(z − γAᵀ(Az − y)) + η A†y``, ``(∂u/∂z)ᵀ = (1 − η)(I − γAᵀA)``) expose
+    ``data_step`` and ``data_step_vjp``; with ``closed_form_vjp`` each backward iteration then
+    differentiates only the denoiser by autograd and applies ``(1 − η)(I − γAᵀA)`` directly: the
+    same ``Jᵀv``, without recording or replaying the operator's graph.
 
     Args:
         backward_solver: ``solver(f, v0) -> (v, SolverStats)`` for ``v = Jᵀv + g``.
