@@ -111,14 +111,14 @@ def test_error_split_least_squares_projection_on_ct():
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, 1, 16, 16, generator=gen, dtype=torch.float64)
     estimate = x + 0.1 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    out = error_split(physics, estimate, x)
+    out = error_split(physics, {"estimate": estimate}, x)["estimate"]
     assert out["method"] == "least_squares"
     whole = ((estimate - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)).tolist()
     for r, n, w in zip(out["range"], out["nullspace"], whole):
         assert r ** 2 + n ** 2 == pytest.approx(w ** 2, rel=1e-4)  # to the CG residual
         assert n > 0.3 * w  # 5 views of a 16x16 image: most of the space is unmeasured
     with pytest.raises(ValueError, match=r"error_split: estimate of shape \(2, 1, 8, 8\)"):
-        error_split(physics, estimate[..., :8, :8], x)
+        error_split(physics, {"estimate": estimate[..., :8, :8]}, x)
 
 
 def test_report_detects_an_asymmetric_jacobian():

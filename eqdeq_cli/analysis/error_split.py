@@ -15,6 +15,7 @@ the iterations do not resolve (measured too weakly to matter against noise).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -28,26 +29,34 @@ __all__ = ["error_split"]
 
 
 @torch.no_grad()
-def error_split(physics: LinearPhysics, estimate: torch.Tensor, x: torch.Tensor, cg_iter: int = 200) -> dict[str, Any]:
-    """Split the error of ``estimate`` against ``x`` (both ``(B, C, H, W)``) into range and nullspace parts.
+def error_split(physics: LinearPhysics, estimates: Mapping[str, torch.Tensor], x: torch.Tensor,
+                cg_iter: int = 200) -> dict[str, dict[str, Any]]:
+    """Split the error of each estimate against ``x`` (all ``(B, C, H, W)``) into range and nullspace parts.
 
-    Returns per-sample lists ``range`` (``‖e − P_N e‖ / ‖x‖``), ``nullspace``
-    (``‖P_N e‖ / ‖x‖``) and ``null_fraction`` (``‖P_N x‖ / ‖x‖``), their means
-    ``range_mean``, ``nullspace_mean`` and ``null_fraction_mean``, and ``method``
-    (how ``P_N`` was computed). Raises ``ValueError`` when the shapes differ.
+    ``estimates`` maps names to images (e.g. the reconstructions and ``A†y``); one projection
+    of the errors and of ``x`` together serves them all. Returns, per name, the per-sample lists
+    ``range`` (``‖e − P_N e‖ / ‖x‖``), ``nullspace`` (``‖P_N e‖ / ‖x‖``) and ``null_fraction``
+    (``‖P_N x‖ / ‖x‖``), their means ``range_mean``, ``nullspace_mean`` and
+    ``null_fraction_mean``, and ``method`` (how ``P_N`` was computed). Raises ``ValueError``
+    when a shape differs from ``x``'s.
     """
-    if estimate.shape != x.shape:
-        raise ValueError(f"error_split: estimate of shape {tuple(estimate.shape)} against images of shape "
-                         f"{tuple(x.shape)}")
-    e = estimate.to(x.dtype) - x
-    e_null, method, _ = nullspace_component(physics, e, cg_iter=cg_iter)
-    x_null, _, _ = nullspace_component(physics, x, cg_iter=cg_iter)
+    for estimate in estimates.values():
+        if estimate.shape != x.shape:
+            raise ValueError(f"error_split: estimate of shape {tuple(estimate.shape)} against images of shape "
+                             f"{tuple(x.shape)}")
+    errors = [estimate.to(x.dtype) - x for estimate in estimates.values()]
+    projected, method, _ = nullspace_component(physics, torch.cat(errors + [x]), cg_iter=cg_iter)
+    *e_nulls, x_null = projected.split(x.shape[0])
     x_norm = bnorm(x).clamp_min(1e-30)
-    parts = {"range": bnorm(e - e_null) / x_norm, "nullspace": bnorm(e_null) / x_norm,
-             "null_fraction": bnorm(x_null) / x_norm}
-    out: dict[str, Any] = {"method": method}
-    for name, value in parts.items():
-        v = value.double().cpu()
-        out[name] = v.tolist()
-        out[f"{name}_mean"] = float(v.mean())
+    null_fraction = bnorm(x_null) / x_norm
+    out: dict[str, dict[str, Any]] = {}
+    for name, e, e_null in zip(estimates, errors, e_nulls):
+        parts = {"range": bnorm(e - e_null) / x_norm, "nullspace": bnorm(e_null) / x_norm,
+                 "null_fraction": null_fraction}
+        split: dict[str, Any] = {"method": method}
+        for part, value in parts.items():
+            v = value.double().cpu()
+            split[part] = v.tolist()
+            split[f"{part}_mean"] = float(v.mean())
+        out[name] = split
     return out

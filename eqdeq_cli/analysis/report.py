@@ -133,8 +133,7 @@ def analyze_deq(deq: torch.nn.Module, group: Any, y: torch.Tensor, x: torch.Tens
             ctx = fmap.prepare(y)
         errors = None
         if x is not None:
-            errors = {"reconstruction": error_split(physics, z_star, x),
-                      "A_dagger": error_split(physics, physics.A_dagger(y), x)}
+            errors = error_split(physics, {"reconstruction": z_star, "A_dagger": physics.A_dagger(y)}, x)
         done("solve")
         u_star = denoiser_input(fmap, z_star, ctx)
         h, w = z_star.shape[-2:]
