@@ -162,11 +162,12 @@ def identifiability(physics: LinearPhysics, group: Group, n_samples: int = 8,
 def _default_alternatives(group: Group) -> dict[str, Group]:
     """The built-in groups as configured by ``configs/group/`` (and continuous rotations),
     named by the command-line choice that selects them, less the one ``group`` is."""
-    from eqdeq_cli.groups import Reflections, Rotations, Shifts
+    from eqdeq_cli.groups import Reflections, Rotations, Scalings, Shifts
 
     options: dict[str, Group] = {"group=rotations": Rotations(exact=True),
                                  "group=rotations group.exact=false": Rotations(exact=False),
-                                 "group=reflections": Reflections(), "group=shifts": Shifts()}
+                                 "group=reflections": Reflections(), "group=shifts": Shifts(),
+                                 "group=scalings": Scalings(max_angle=180.0)}
     return {name: cand for name, cand in options.items() if not _same_kind(cand, group)}
 
 

@@ -2,6 +2,7 @@
 from .base import Group
 from .reflections import Reflections
 from .rotations import Rotations
+from .scalings import Scalings
 from .shifts import Shifts
 
-__all__ = ["Group", "Shifts", "Rotations", "Reflections"]
+__all__ = ["Group", "Shifts", "Rotations", "Reflections", "Scalings"]
