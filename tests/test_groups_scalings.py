@@ -76,6 +76,16 @@ def test_the_shrunk_image_keeps_its_mass_scaled_by_the_area_and_inverts_to_a_low
     assert float(rel[1:3].max()) < 0.03 and float(rel[0]) < 0.08  # only what shrinking blurred is lost
 
 
+def test_energy_gain_is_the_mean_squared_norm_ratio_of_the_draws():
+    x = smooth_image(4, 64).repeat(64, 1, 1, 1)
+    for group in (Scalings(), Scalings(factors=[0.3, 0.6, 0.9], max_angle=180.0)):
+        y = group(x, generator=gen(6))[0]
+        ratio = float((y.pow(2).sum((1, 2, 3)) / x.pow(2).sum((1, 2, 3))).mean())
+        assert ratio == pytest.approx(group.energy_gain(), rel=0.05)
+    assert Scalings().energy_gain() == pytest.approx((0.25 + 0.5625) / 2)
+    assert Rotations().energy_gain() == 1.0
+
+
 def test_max_angle_composes_the_scaling_with_a_fourier_rotation():
     x = smooth_image(3, 32)
     g = Scalings(max_angle=180.0).sample(3, generator=gen(3))

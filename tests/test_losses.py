@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from eqdeq_cli.groups import Group, Rotations, Shifts
+from eqdeq_cli.groups import Group, Rotations, Scalings, Shifts
 from eqdeq_cli.losses import CompositeLoss, EILoss, MCLoss, SupervisedLoss, SURELoss
 from eqdeq_cli.physics import DenseMatrixPhysics, GaussianNoise, NoiseModel, PoissonGaussianNoise, PoissonNoise
 
@@ -126,6 +126,15 @@ def test_auto_weight_is_the_mean_eigenvalue_and_logged(tiny, caplog):
     assert alpha == pytest.approx(float(physics.matrix.pow(2).sum()) / N, rel=0.5)  # trace(AᵀA)/n, estimated
     assert float(total) == pytest.approx(alpha * logs["ei"])
     assert any("auto" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_weight_divides_by_the_energy_gain_of_a_shrinking_group(tiny, caplog):
+    physics, _, y, f = tiny
+    term = EILoss()
+    with caplog.at_level(logging.INFO, logger="eqdeq_cli.losses"):
+        CompositeLoss(terms={"ei": term})(f, y, physics, Scalings(factors=[0.5, 1.0]), generator=gen(0))
+    assert term.resolved_weight == pytest.approx(physics.mean_eigenvalue() / 0.625)  # mean s² = (0.25 + 1) / 2
+    assert any("energy gain" in r.getMessage() for r in caplog.records)
 
 
 def ei_reference(theta, y, M, g, detach_x2):

@@ -31,6 +31,13 @@ class Group:
     def apply_inverse(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def energy_gain(self) -> float:
+        """Mean of ``‖T_g x‖² / ‖x‖²`` over the drawn elements, for images inside the disc
+        inscribed in the image: 1 for the isometries (shifts, reflections, rotations). The EI
+        loss's ``auto`` weight divides by it, so that a group that shrinks images does not
+        shrink the term."""
+        return 1.0
+
     def field_of_view(self, height: int, width: int, device: torch.device | str | None = None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """``(H, W)`` weights of the pixels that every element keeps inside the image, or

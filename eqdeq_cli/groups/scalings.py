@@ -66,6 +66,11 @@ class Scalings(Group):
         g = torch.stack([s, radius * torch.sin(phase), radius * torch.cos(phase), angle], dim=1)
         return g.to(device or "cpu")
 
+    def energy_gain(self) -> float:
+        """The mean of ``s²`` over ``factors``: shrinking by ``s`` keeps the values and
+        divides the area by ``1/s²``."""
+        return sum(f * f for f in self.factors) / len(self.factors)
+
     def field_of_view(self, height: int, width: int, device: torch.device | str | None = None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """Rotated elements move the corners out of the image: the inscribed disc stays."""

@@ -49,13 +49,13 @@ class LossTerm(nn.Module):
         self.weight = weight if isinstance(weight, str) else float(weight)
         self.resolved_weight: float | None = None if isinstance(weight, str) else float(weight)
 
-    def auto_weight(self, physics: LinearPhysics) -> float:
+    def auto_weight(self, physics: LinearPhysics, group: Group | None = None) -> float:
         raise NotImplementedError
 
-    def resolve_weight(self, physics: LinearPhysics) -> float:
+    def resolve_weight(self, physics: LinearPhysics, group: Group | None = None) -> float:
         """The numeric weight; ``"auto"`` is resolved on first use and kept in ``resolved_weight``."""
         if self.resolved_weight is None:
-            self.resolved_weight = float(self.auto_weight(physics))
+            self.resolved_weight = float(self.auto_weight(physics, group))
         return self.resolved_weight
 
     def check(self, physics: LinearPhysics) -> None:

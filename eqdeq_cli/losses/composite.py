@@ -59,7 +59,7 @@ class CompositeLoss(nn.Module):
         total = torch.zeros((), dtype=x1.dtype, device=x1.device)
         logs: dict[str, float] = {}
         for name, term in self.terms.items():
-            weight = term.resolve_weight(physics)
+            weight = term.resolve_weight(physics, group)
             if weight == 0.0:
                 continue
             value = term(y=y, x1=x1, f=f, physics=physics, group=group, x=x, generator=generator)

@@ -71,8 +71,10 @@ class EILoss(LossTerm):
 
     ``weight="auto"``: ``α = physics.mean_eigenvalue()`` (``trace(AᵀA)/n``), the scale of
     the data term relative to an image-domain term: a constant such as 1 lets EI swamp a
-    weak data term (CT with ``‖A‖ = 1`` has ``α ≈ 0.01``). Resolved on first use, logged,
-    then readable as ``resolved_weight``.
+    weak data term (CT with ``‖A‖ = 1`` has ``α ≈ 0.01``), divided by the group's
+    :meth:`~eqdeq_cli.groups.Group.energy_gain` (1 for rotations, shifts and reflections; the
+    mean ``s²`` of downscalings, whose ``x₂`` carries that share of ``x₁``'s energy).
+    Resolved on first use, logged, then readable as ``resolved_weight``.
     """
 
     supports_auto_weight = True
@@ -82,10 +84,15 @@ class EILoss(LossTerm):
         self.detach_x2 = bool(detach_x2)
         self.add_noise = bool(add_noise)
 
-    def auto_weight(self, physics: LinearPhysics) -> float:
+    def auto_weight(self, physics: LinearPhysics, group: Group | None = None) -> float:
         alpha = float(physics.mean_eigenvalue())
-        log.info("EI weight 'auto' resolved to the mean eigenvalue of AᵀA: %.4g", alpha)
-        return alpha
+        gain = 1.0 if group is None else float(group.energy_gain())
+        if gain == 1.0:
+            log.info("EI weight 'auto' resolved to the mean eigenvalue of AᵀA: %.4g", alpha)
+            return alpha
+        log.info("EI weight 'auto' resolved to the mean eigenvalue of AᵀA over the group's energy gain: "
+                 "%.4g / %.4g = %.4g", alpha, gain, alpha / gain)
+        return alpha / gain
 
     def per_sample(self, *, y: torch.Tensor, x1: torch.Tensor, f: Reconstructor, physics: LinearPhysics,
                    group: Group | None, x: torch.Tensor | None,
