@@ -60,7 +60,7 @@ def check_group(physics: LinearPhysics, group: Group | None, loss: Any, *, n_sam
         return None
     if group is None:
         raise ValueError(f"loss term(s) {', '.join(names)} need a symmetry group, got group=None; "
-                         "set group=shifts | rotations | reflections")
+                         "set group=shifts | rotations | reflections | scalings")
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     message = identifiability_warning(physics, group, n_samples=n_samples, generator=generator, threshold=threshold,
                                       cg_iter=cg_iter, dtype=torch.float32)

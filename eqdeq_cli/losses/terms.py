@@ -98,7 +98,8 @@ class EILoss(LossTerm):
                    group: Group | None, x: torch.Tensor | None,
                    generator: torch.Generator | None) -> torch.Tensor:
         if group is None:
-            raise ValueError("EILoss needs a symmetry group (config group=shifts | rotations | reflections), got None")
+            raise ValueError("EILoss needs a symmetry group (config group=shifts | rotations | reflections "
+                             "| scalings), got None")
         x2, _ = group(x1.detach() if self.detach_x2 else x1, generator=generator)
         z2 = physics.A(x2)
         if self.add_noise:
