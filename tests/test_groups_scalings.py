@@ -44,7 +44,7 @@ def test_elements_are_reproducible_and_in_range():
 
 @pytest.mark.parametrize("size", [32, 33])
 def test_a_constant_image_becomes_a_window_of_the_scaled_size_inside_the_inscribed_disc(size):
-    group = Scalings(factors=[0.5, 0.75])
+    group = Scalings(factors=[0.5, 0.75], max_angle=0)
     x = torch.full((64, 1, size, size), 0.7, dtype=torch.float64)
     g = group.sample(64, generator=gen(2))
     y = group.apply(x, g)
@@ -65,7 +65,7 @@ def test_the_shrunk_image_keeps_its_mass_scaled_by_the_area_and_inverts_to_a_low
     x = smooth_image(4, 64)
     g = torch.tensor([[0.5, 0.3, -0.2, 0.0], [0.75, 0.0, 0.0, 0.0], [0.75, -0.6, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0]],
                      dtype=torch.float64)
-    group = Scalings()
+    group = Scalings(max_angle=0)
     y = group.apply(x, g)
     ratio = y.sum((1, 2, 3)) / x.sum((1, 2, 3))
     assert torch.allclose(ratio, torch.tensor([32 ** 2, 48 ** 2, 48 ** 2, 64 ** 2], dtype=torch.float64) / 64 ** 2,
@@ -78,7 +78,7 @@ def test_the_shrunk_image_keeps_its_mass_scaled_by_the_area_and_inverts_to_a_low
 
 def test_energy_gain_is_the_mean_squared_norm_ratio_of_the_draws():
     x = smooth_image(4, 64).repeat(64, 1, 1, 1)
-    for group in (Scalings(), Scalings(factors=[0.3, 0.6, 0.9], max_angle=180.0)):
+    for group in (Scalings(max_angle=0), Scalings(factors=[0.3, 0.6, 0.9])):
         y = group(x, generator=gen(6))[0]
         ratio = float((y.pow(2).sum((1, 2, 3)) / x.pow(2).sum((1, 2, 3))).mean())
         assert ratio == pytest.approx(group.energy_gain(), rel=0.05)
@@ -96,20 +96,20 @@ def test_max_angle_composes_the_scaling_with_a_fourier_rotation():
     back = group.apply_inverse(group.apply(x, g), g)
     disc = disc_mask(32, 32, dtype=torch.float64)
     assert float(((back - x) * disc).norm() / (x * disc).norm()) < 0.1
-    assert group.field_of_view(32, 32) is not None and Scalings().field_of_view(32, 32) is None
+    assert group.field_of_view(32, 32) is not None and Scalings(max_angle=0).field_of_view(32, 32) is None
 
 
 def test_scalings_are_differentiable():
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
     g = torch.tensor([[0.5, 0.2, 0.1, 20.0], [0.75, -0.5, 0.3, -70.0]], dtype=torch.float64)
-    for group in (Scalings(), Scalings(max_angle=90.0)):
+    for group in (Scalings(max_angle=0), Scalings(max_angle=90.0)):
         assert torch.autograd.gradcheck(lambda t: group.apply(t, g), (x,))
 
 
 @pytest.mark.parametrize("physics", [CTRadon(img_size=16, n_views=6), MRICartesian(img_size=16, channels=2)],
                          ids=["ct", "mri"])
 def test_scalings_move_the_nullspace_of_ct_and_mri(physics):
-    report = identifiability(physics, Scalings(), generator=gen(4))
+    report = identifiability(physics, Scalings(max_angle=0), generator=gen(4))
     assert report["identifiable"] and report["reliable"] and report["rho_mean"] > 2 * report["threshold"]
 
 
@@ -131,7 +131,7 @@ def test_invalid_arguments_give_clear_errors():
     with pytest.raises(ValueError, match="factor 0.05 shrinks a 8×8 image below one pixel"):
         Scalings(factors=[0.05]).apply(torch.zeros(1, 1, 8, 8), torch.tensor([[0.05, 0.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match=r"elements of shape \(B, 4\)"):
-        Scalings().apply(torch.zeros(2, 1, 8, 8), torch.zeros(2, 3))
+        Scalings(max_angle=0).apply(torch.zeros(2, 1, 8, 8), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="rotates square images only, got H×W = 8×6; set max_angle=0"):
         Scalings(max_angle=10).apply(torch.zeros(1, 1, 8, 6), torch.tensor([[0.5, 0.0, 0.0, 5.0]]))
     with pytest.raises(ValueError, match="batch of 3"):

@@ -167,7 +167,7 @@ def _default_alternatives(group: Group) -> dict[str, Group]:
     options: dict[str, Group] = {"group=rotations": Rotations(exact=True),
                                  "group=rotations group.exact=false": Rotations(exact=False),
                                  "group=reflections": Reflections(), "group=shifts": Shifts(),
-                                 "group=scalings": Scalings(max_angle=180.0)}
+                                 "group=scalings": Scalings()}
     return {name: cand for name, cand in options.items() if not _same_kind(cand, group)}
 
 

@@ -38,13 +38,15 @@ class Scalings(Group):
         factors: the scale factors drawn (uniformly), each in ``(0, 1]``.
         max_angle: largest rotation angle in degrees, in ``[0, 180]``; 0: no rotation.
 
+    Both defaults are those of ``configs/group/scalings.yaml``.
+
     Raises:
         ValueError: an empty ``factors``, a factor outside ``(0, 1]``, an angle outside
             ``[0, 180]``; when applied, a factor that shrinks an image below one pixel,
             a non-square image with ``max_angle > 0``, or elements that are not ``(B, 4)``.
     """
 
-    def __init__(self, *, factors: Sequence[float] = (0.5, 0.75), max_angle: float = 0.0) -> None:
+    def __init__(self, *, factors: Sequence[float] = (0.5, 0.75), max_angle: float = 180.0) -> None:
         values = None if isinstance(factors, (str, bytes)) or not hasattr(factors, "__iter__") else list(factors)
         if not values or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
                              for f in values):
@@ -68,7 +70,7 @@ class Scalings(Group):
 
     def energy_gain(self) -> float:
         """The mean of ``s²`` over ``factors``: shrinking by ``s`` keeps the values and
-        divides the area by ``1/s²``."""
+        multiplies the area by ``s²``."""
         return sum(f * f for f in self.factors) / len(self.factors)
 
     def field_of_view(self, height: int, width: int, device: torch.device | str | None = None,
