@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -122,14 +123,17 @@ def test_the_config_instantiates_the_group_it_documents():
 
 
 def test_invalid_arguments_give_clear_errors():
-    for factors in ([], [0.5, 1.5], [0.0], "0.5", [True]):
+    assert Scalings(factors=[np.float32(0.5), np.float64(0.75)], max_angle=np.float32(90)).factors == (0.5, 0.75)
+    for factors in ([], [0.5, 1.5], [0.0], "0.5", [True], [float("nan")]):
         with pytest.raises(ValueError, match=r"factors must be a non-empty list of scale factors in \(0, 1\]"):
             Scalings(factors=factors)
     for angle in (-1, 200, "90"):
         with pytest.raises(ValueError, match=r"max_angle must be a number of degrees in \[0, 180\]"):
             Scalings(max_angle=angle)
-    with pytest.raises(ValueError, match="factor 0.05 shrinks a 8×8 image below one pixel"):
-        Scalings(factors=[0.05]).apply(torch.zeros(1, 1, 8, 8), torch.tensor([[0.05, 0.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"factor 0.05 shrinks a 8×8 image below one pixel; use factors of at least "
+                                         r"0.0625 \(0.5 / 8 pixels\)"):
+        # the element drawn is 0.5: a factor in the list that is too small fails before it is drawn
+        Scalings(factors=[0.5, 0.05]).apply(torch.zeros(1, 1, 8, 8), torch.tensor([[0.5, 0.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match=r"elements of shape \(B, 4\)"):
         Scalings(max_angle=0).apply(torch.zeros(2, 1, 8, 8), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="rotates square images only, got H×W = 8×6; set max_angle=0"):

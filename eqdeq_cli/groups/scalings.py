@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..utils.checks import is_finite_real
 from .base import Group, check_images, disc_mask
 from .rotations import _fourier_rotate
 
@@ -42,16 +43,15 @@ class Scalings(Group):
 
     Raises:
         ValueError: an empty ``factors``, a factor outside ``(0, 1]``, an angle outside
-            ``[0, 180]``; when applied, a factor that shrinks an image below one pixel,
+            ``[0, 180]``; when applied, a factor (drawn or not) that shrinks the image below one pixel,
             a non-square image with ``max_angle > 0``, or elements that are not ``(B, 4)``.
     """
 
     def __init__(self, *, factors: Sequence[float] = (0.5, 0.75), max_angle: float = 180.0) -> None:
         values = None if isinstance(factors, (str, bytes)) or not hasattr(factors, "__iter__") else list(factors)
-        if not values or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1
-                             for f in values):
+        if not values or any(not is_finite_real(f) or not 0 < f <= 1 for f in values):
             raise ValueError(f"Scalings: factors must be a non-empty list of scale factors in (0, 1], got {factors!r}")
-        if isinstance(max_angle, bool) or not isinstance(max_angle, (int, float)) or not 0 <= max_angle <= 180:
+        if not is_finite_real(max_angle) or not 0 <= max_angle <= 180:
             raise ValueError(f"Scalings: max_angle must be a number of degrees in [0, 180] (0: no rotation), "
                              f"got {max_angle!r}")
         self.factors = tuple(float(f) for f in values)
@@ -104,12 +104,15 @@ class Scalings(Group):
             raise ValueError(f"Scalings expects elements of shape (B, 4) = (factor, o_y, o_x, angle), "
                              f"got {tuple(g.shape)}")
         h, w = x.shape[-2:]
+        smallest = min(self.factors)
+        if round(smallest * h) < 1 or round(smallest * w) < 1:
+            # checked for every factor, not only the drawn ones, so a bad list fails on first use
+            raise ValueError(f"Scalings: factor {smallest:g} shrinks a {h}×{w} image below one pixel; "
+                             f"use factors of at least {0.5 / min(h, w):.3g} (0.5 / {min(h, w)} pixels)")
         radius = min(h, w) / 2
         windows = []
         for s, oy, ox, _ in g.detach().to("cpu", torch.float64).tolist():
-            hh, ww = round(s * h), round(s * w)
-            if hh < 1 or ww < 1:
-                raise ValueError(f"Scalings: factor {s:g} shrinks a {h}×{w} image below one pixel")
+            hh, ww = max(round(s * h), 1), max(round(s * w), 1)
             top = round((h - hh) / 2 + (1 - s) * radius * oy)
             left = round((w - ww) / 2 + (1 - s) * radius * ox)
             windows.append((min(max(top, 0), h - hh), min(max(left, 0), w - ww), hh, ww))
