@@ -5,7 +5,9 @@ import math
 
 import pytest
 
-from eqdeq_cli.utils.checks import check_int, check_real
+from omegaconf import OmegaConf
+
+from eqdeq_cli.utils.checks import as_list, check_int, check_real
 
 
 @pytest.mark.parametrize("value", [True, 2.0, 0, "3"])
@@ -21,3 +23,10 @@ def test_check_real_without_upper_bound_does_not_offer_infinity():
             check_real("tau", bad, low=0.0)
     with pytest.raises(ValueError, match=r"beta must be a real number in \(0.0, 1.0\], got 2"):
         check_real("beta", 2, low=0.0, high=1.0)
+
+
+def test_as_list_reads_lists_tuples_and_list_configs_but_not_strings_or_scalars():
+    assert as_list([0, 1]) == [0, 1] and as_list((0.5,)) == [0.5]
+    assert as_list(OmegaConf.create({"v": [0, 1]}).v) == [0, 1]
+    for value in ("0,1", b"01", 0.5, None):
+        assert as_list(value) is None

@@ -32,7 +32,7 @@ from torch import nn
 
 from eqdeq_cli.linalg import conjugate_gradient
 from eqdeq_cli.physics.base import LinearPhysics, resolve_preconditioner
-from eqdeq_cli.utils.checks import check_int, check_real, is_finite_real
+from eqdeq_cli.utils.checks import as_list, check_int, check_real, is_finite_real
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _check_clip(clip: Sequence[float] | None, physics: LinearPhysics) -> tuple[f
     numbers with ``low < high``, or for a physics whose images are complex (no order)."""
     if clip is None:
         return None
-    values = None if isinstance(clip, (str, bytes)) or not hasattr(clip, "__iter__") else list(clip)
+    values = as_list(clip)
     if values is None or len(values) != 2 or not all(map(is_finite_real, values)) or not values[0] < values[1]:
         raise ValueError(f"map.clip must be null or [low, high] with low < high (e.g. [0, 1] for images in "
                          f"[0, data_range]), got {clip!r}")

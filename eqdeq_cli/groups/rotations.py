@@ -6,6 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..utils.checks import as_list
 from .base import Group, check_images, disc_mask, randint
 
 _PADDING = ("zeros", "border", "reflection")
@@ -27,7 +28,7 @@ def drawn_turns(turns: object, exact: bool) -> list[int] | None:
             continuous angles."""
     if turns is None:
         return list(DEFAULT_TURNS) if exact else None
-    values = None if isinstance(turns, (str, bytes)) or not hasattr(turns, "__iter__") else list(turns)
+    values = as_list(turns)
     if not values or any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 3 for k in values) \
             or len(set(values)) != len(values):
         raise ValueError(f"Rotations: turns must be distinct quarter turns from 0, 1, 2, 3 (multiples of 90°), "

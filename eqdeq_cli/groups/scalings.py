@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..utils.checks import is_finite_real
-from .base import Group, check_images, disc_mask
+from ..utils.checks import as_list, is_finite_real
+from .base import Group, check_images, disc_mask, randint
 from .rotations import _fourier_rotate
 
 
@@ -48,7 +48,7 @@ class Scalings(Group):
     """
 
     def __init__(self, *, factors: Sequence[float] = (0.5, 0.75), max_angle: float = 180.0) -> None:
-        values = None if isinstance(factors, (str, bytes)) or not hasattr(factors, "__iter__") else list(factors)
+        values = as_list(factors)
         if not values or any(not is_finite_real(f) or not 0 < f <= 1 for f in values):
             raise ValueError(f"Scalings: factors must be a non-empty list of scale factors in (0, 1], got {factors!r}")
         if not is_finite_real(max_angle) or not 0 <= max_angle <= 180:
@@ -60,7 +60,7 @@ class Scalings(Group):
     def sample(self, batch_size: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None,
                img_size: tuple[int, int] | None = None) -> torch.Tensor:
-        idx = torch.randint(0, len(self.factors), (batch_size,), generator=generator)
+        idx = randint(0, len(self.factors), (batch_size,), generator, None)
         s = torch.tensor(self.factors, dtype=torch.float64)[idx]
         radius = torch.rand(batch_size, generator=generator, dtype=torch.float64).sqrt()
         phase = 2 * math.pi * torch.rand(batch_size, generator=generator, dtype=torch.float64)

@@ -17,6 +17,15 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def as_list(value: object) -> list | None:
+    """The items of a list-like config value (a list, a tuple, an OmegaConf ``ListConfig``) as a
+    list, or ``None`` for a string, bytes or anything that is not iterable, so that ``"0,1"``
+    is reported as a mistake rather than read as its characters."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return None
+    return list(value)
+
+
 def is_finite_real(value: object) -> bool:
     """Whether ``value`` is a finite real number: an ``int`` or ``float`` (or other
     :class:`numbers.Real`), not a ``bool``, not NaN or infinite."""
